@@ -1,0 +1,1 @@
+"""ifl: reproducibility package for Hinck et al. (2024)."""
