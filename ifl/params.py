@@ -1,0 +1,129 @@
+"""Params files: load, merge command-line overrides, validate against one typed schema.
+
+A params file (YAML) has a `common` block and one block per notebook, named after the notebook
+file (`01_translate_data`, ...). The runner injects `common` plus the notebook's own block into
+the notebook's `parameters` cell. Every check happens here, before any work starts, and every
+error names the file, the section and the key:
+
+    params/x.yaml: section '01_translate_data', key 'batch_sise': unknown key (did you mean 'batch_size'?)
+
+>>> p = load_params("params/default.yaml", overrides=["common.seed=3"])
+>>> p.common.seed
+3
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from ifl.params_schema import SECTIONS, Params, local_path_fields
+
+
+class ParamsError(ValueError):
+    """Invalid params; the message is meant for the user as it is."""
+
+
+def load_params(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Params:
+    """Read `path`, apply `section.key=value` overrides, validate. Raises ParamsError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"params file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections at the top level")
+    origins = {_apply_override(raw, override, path): override for override in overrides}
+    return validate(raw, source=str(path), origins=origins)
+
+
+def validate(raw: dict[str, Any], *, source: str,
+             origins: dict[tuple[str, str], str] | None = None) -> Params:
+    """Validate a raw params mapping; errors name the source, section and key, and the
+    command-line override a bad value came from (`origins`: (section, key) -> override)."""
+    for section, block in raw.items():
+        if section in SECTIONS and block is not None and not isinstance(block, dict):
+            raise ParamsError(f"{source}: section {section!r} must be a mapping of keys, "
+                              f"got {type(block).__name__}")
+    raw = {k: ({} if v is None else v) for k, v in raw.items()}
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ParamsError("\n".join(_describe(err, source, origins or {})
+                                     for err in exc.errors())) from None
+    return params
+
+
+def check_files(params: Params, *, source: str, root: Path = Path(".")) -> None:
+    """Every local path named in params must exist (hub ids are checked when loaded)."""
+    missing = []
+    for section, key, value in local_path_fields(params):
+        if not (root / Path(value).expanduser()).exists():
+            missing.append(f"{source}: section {section!r}, key {key!r}: file or folder "
+                           f"not found: {value}")
+    if missing:
+        raise ParamsError("\n".join(missing))
+
+
+def notebook_parameters(params: Params, section: str) -> dict[str, Any]:
+    """What papermill injects into a notebook: common keys, then the notebook's own keys
+    (a notebook without a block of its own gets the common keys only)."""
+    dumped = params.model_dump(by_alias=True, mode="json")
+    return {**dumped["common"], **dumped.get(section, {})}
+
+
+def dump(params: Params) -> str:
+    """The resolved params as YAML (saved beside every run)."""
+    return yaml.safe_dump(params.model_dump(by_alias=True, mode="json"), sort_keys=False,
+                          allow_unicode=True)
+
+
+def _apply_override(raw: dict, override: str, source: Path) -> tuple[str, str]:
+    where = f"{source} (override -p {override})"
+    if "=" not in override or "." not in override.split("=", 1)[0]:
+        raise ParamsError(f"{where}: overrides look like section.key=value")
+    dotted, text = override.split("=", 1)
+    section, key = dotted.split(".", 1)
+    if section not in SECTIONS:
+        raise ParamsError(f"{where}: unknown section {section!r}{_did_you_mean(section, SECTIONS)}")
+    try:
+        value = yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        value = text
+    block = raw.setdefault(section, {}) or {}
+    raw[section] = block
+    block[key] = value
+    return section, key
+
+
+def _describe(err: dict, source: str, origins: dict[tuple[str, str], str]) -> str:
+    loc = [str(part) for part in err["loc"]]
+    section = loc[0] if loc else "?"
+    if len(loc) > 1 and (section, loc[1]) in origins:
+        source = f"{source} (override -p {origins[(section, loc[1])]})"
+    if err["type"] == "extra_forbidden" and len(loc) == 1:
+        return f"{source}: unknown section {section!r}{_did_you_mean(section, SECTIONS)}"
+    key = ".".join(loc[1:]) or "?"
+    if err["type"] == "extra_forbidden":
+        model = SECTIONS.get(section)
+        hint = _did_you_mean(loc[1], model.model_fields) if model else ""
+        return f"{source}: section {section!r}, key {key!r}: unknown key{hint}"
+    value = err.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    message = err["msg"].removeprefix("Value error, ")
+    return f"{source}: section {section!r}, key {key!r}: {message}{shown}"
+
+
+def _did_you_mean(name: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(choices)})"
+
+
+__all__ = ["ParamsError", "load_params", "validate", "check_files", "notebook_parameters",
+           "dump", "Params", "BaseModel"]

@@ -1,0 +1,135 @@
+"""The one typed schema of params files: `common` plus one block per notebook.
+
+Each block is a pydantic model that forbids unknown keys. A key's type, range and meaning live
+here once; `params/*.yaml` only set values. Later notebooks add their block to `SECTIONS`.
+
+Sources (`*_source`) are either a Hugging Face hub id (`owner/name`, fetched at the pinned
+`*_revision`) or a local folder laid out like that hub repo. A value starting with `/`, `./`,
+`../` or `~` is local and must exist before the run starts.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Iterator, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from ifl.data.languages import LANGUAGES
+
+
+class _Source:
+    """Marker in `Annotated[...]`: this string names a hub id or a local path."""
+
+
+def _known_language(code: str) -> str:
+    if code not in LANGUAGES:
+        raise ValueError(f"unknown language {code!r}; known: {', '.join(LANGUAGES)}")
+    return code
+
+
+def is_local(value: str) -> bool:
+    """Local path (checked to exist) rather than a hub id."""
+    return value.startswith(("/", "./", "../", "~"))
+
+
+def _query_or_language(code: str) -> str:
+    return code if code == "query" else _known_language(code)
+
+
+Lang = Annotated[str, AfterValidator(_known_language)]
+Source = Annotated[str, _Source()]
+Revision = Annotated[str | None, Field(description="git revision (commit SHA) on the hub; "
+                                                  "null = latest, recorded at load")]
+
+
+class Block(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Common(Block):
+    run_name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$",
+                          description="outputs go to runs/<run_name>/, rendered/<run_name>/ ...")
+    seed: int = Field(0, ge=0)
+    world: Literal["miniature", "paper"] = "miniature"
+    languages: list[Lang] = Field(default_factory=lambda: ["en", "de", "zh", "ru", "hi", "ar"],
+                                  min_length=1)
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    output_root: str = Field(".", description="folder holding runs/, rendered/, paper_figures/")
+    make_smoke_assets: bool = Field(
+        False, description="paper-smoke only: build local tiny stand-ins of the hub models and "
+                           "datasets (smoke_assets/) before the run")
+
+
+class TranslateData(Block):
+    """01_translate_data: evaluation tasks for both worlds and translated training data."""
+    # --- miniature world ---
+    mini_scenes: int = Field(240, ge=1, le=100_000, description="scenes behind the evaluation tasks")
+    mini_caption_records: int = Field(4000, ge=1, le=1_000_000)
+    mini_instruct_records: int = Field(4000, ge=1, le=1_000_000)
+    mini_image_size: int = Field(32, ge=8, le=256)
+    mini_error_rate: float = Field(0.0, ge=0.0, le=1.0, description=(
+        "share of re-rendered training sentences corrupted, standing in for MT noise"))
+    description_lang: Annotated[str, AfterValidator(_query_or_language)] = Field("query", description=(
+        "language of the text that replaces the image: 'query' (the task's own language) or a "
+        "fixed ISO code such as 'en' (sensitivity check)"))
+    # --- paper world: evaluation benchmarks ---
+    benchmarks: list[Literal["maxm", "llavaw", "visit", "multiq"]] = ["maxm", "llavaw", "visit"]
+    maxm_source: Source = "floschne/maxm"
+    maxm_revision: Revision = "169afacfb848a1a4dab6b2aaaa149841cd643961"
+    maxm_description: Literal["maxm_captions", "xm3600"] = "maxm_captions"
+    xm3600_source: Source = "floschne/xm3600"
+    xm3600_revision: Revision = None
+    llavaw_source: Source = "floschne/multilingual-llava-bench-in-the-wild"
+    llavaw_revision: Revision = "0f7202befe5a2e67a0e763f1afa4e6d09ce96414"
+    visit_source: Source = "mlfoundations/VisIT-Bench"
+    visit_revision: Revision = None
+    multiq_source: Source = "caro-holt/MultiQ"
+    multiq_revision: Revision = None
+    visit_languages: list[Lang] = ["ar", "bn", "zh", "de", "he", "hi", "ja", "es", "th"]
+    # --- paper world: LLaVA-v1.5 training data ---
+    pretrain_source: Source = "liuhaotian/LLaVA-Pretrain"
+    pretrain_revision: Revision = None
+    instruct_source: Source = "liuhaotian/LLaVA-Instruct-150K"
+    instruct_revision: Revision = None
+    training_languages: list[Lang] = ["zh", "de"]
+    max_training_records: int | None = Field(None, ge=1, description=(
+        "translate only the first N records of each training file (null = all ~1.2M)"))
+    # --- translator ---
+    translator: Literal["nllb", "azure"] = "nllb"
+    visit_translator: Literal["nllb", "azure"] = Field("nllb", description=(
+        "the paper used Azure for VisIT-Bench; 'azure' needs AZURE_TRANSLATOR_KEY"))
+    nllb_model: Source = "facebook/nllb-200-distilled-1.3B"
+    nllb_revision: Revision = None
+    translate_batch_size: int = Field(32, ge=1, le=4096)
+    translate_max_new_tokens: int = Field(256, ge=1, le=4096)
+    translate_num_beams: int = Field(1, ge=1, le=16)
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    common: Common = Field(default_factory=Common)
+    translate_data: TranslateData = Field(default_factory=TranslateData, alias="01_translate_data")
+
+
+# section name in params files -> its model (runner and error messages use these names)
+SECTIONS: dict[str, type[Block]] = {
+    (info.alias or name): info.annotation for name, info in Params.model_fields.items()
+}
+
+
+def section(params: Params, name: str) -> Block:
+    """A block by its params-file name, e.g. section(p, '01_translate_data')."""
+    for field, info in Params.model_fields.items():
+        if (info.alias or field) == name:
+            return getattr(params, field)
+    raise KeyError(name)
+
+
+def local_path_fields(params: Params) -> Iterator[tuple[str, str, str]]:
+    """(section, key, value) of every Source field that names a local path."""
+    for name in SECTIONS:
+        block = section(params, name)
+        for key, info in type(block).model_fields.items():
+            value: Any = getattr(block, key)
+            if any(isinstance(m, _Source) for m in info.metadata) and isinstance(value, str) \
+                    and is_local(value):
+                yield name, key, value

@@ -1,0 +1,20 @@
+"""Local stand-ins for the paper world, so its code path runs offline (params/paper-smoke.yaml).
+
+`ensure_smoke_assets(root)` writes, once, tiny random models of the hub classes and small
+fixture datasets laid out like the hub repos, in the real schemas. Their outputs mean nothing;
+they prove that every real-path stage runs. Build by hand with `python -m ifl.smoke`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def ensure_smoke_assets(root: str | Path = "smoke_assets") -> Path:
+    """Create (or reuse) every stand-in under `root`; returns `root`."""
+    from ifl.smoke.fixtures import write_fixtures
+    from ifl.smoke.tiny_models import write_tiny_nllb
+
+    root = Path(root)
+    write_fixtures(root)
+    write_tiny_nllb(root)
+    return root

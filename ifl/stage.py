@@ -1,0 +1,112 @@
+"""Where a notebook reads and writes: one `Stage` per notebook, called from inside it.
+
+Layout under `output_root`:
+    runs/<run>/<NN_name>/            numbers and data of that stage, plus `stage.json` when done
+    runs/<run>/logs/<NN_name>.log    cell outputs, as they ran
+    paper_figures/<run>/             figures as PNG and PDF
+    rendered/<run>/                  executed notebooks (.ipynb, .html) and index.html
+
+A stage is finished when its `stage.json` exists (written last, atomically), so a later notebook
+can be run alone from saved outputs, and a missing prerequisite names the notebook to run first.
+
+>>> st = open_stage("01_translate_data", output_root="/tmp/ifl-doc", run_name="demo")
+>>> st.dir.as_posix()
+'/tmp/ifl-doc/runs/demo/01_translate_data'
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+STAGE_FILE = "stage.json"
+
+
+def pipeline() -> list[dict[str, str]]:
+    """The seven stages of the paper as a table (ifl/pipeline.csv): number, name, title, ..."""
+    text = resources.files("ifl").joinpath("pipeline.csv").read_text(encoding="utf-8")
+    return list(csv.DictReader(text.splitlines()))
+
+
+class MissingStageError(RuntimeError):
+    """An earlier stage's outputs are missing; the message says which notebook to run."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    output_root: Path
+    run_name: str
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output_root / "runs" / self.run_name
+
+    @property
+    def dir(self) -> Path:
+        return self.run_dir / self.name
+
+    @property
+    def figure_dir(self) -> Path:
+        return self.output_root / "paper_figures" / self.run_name
+
+    def path(self, *parts: str) -> Path:
+        """A path inside this stage's folder; parent folders are created."""
+        target = self.dir.joinpath(*parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+    def require(self, stage_name: str, *files: str) -> Path:
+        """The folder of finished stage `stage_name`; raise naming the notebook to run if absent."""
+        folder = self.run_dir / stage_name
+        needed = [STAGE_FILE, *files]
+        missing = [f for f in needed if not (folder / f).exists()]
+        if missing:
+            number = stage_name.split("_", 1)[0]
+            raise MissingStageError(
+                f"{self.name} needs the outputs of notebook {stage_name} "
+                f"({folder / missing[0]} is missing). Run it first: "
+                f"./run_all.sh <params> --only {number}")
+        return folder
+
+    def save_figure(self, fig: Any, name: str) -> tuple[Path, Path]:
+        """Save a matplotlib figure as `paper_figures/<run>/<name>.png` and `.pdf`."""
+        self.figure_dir.mkdir(parents=True, exist_ok=True)
+        png, pdf = self.figure_dir / f"{name}.png", self.figure_dir / f"{name}.pdf"
+        fig.savefig(png, dpi=150, bbox_inches="tight")
+        fig.savefig(pdf, bbox_inches="tight")
+        return png, pdf
+
+    def finish(self, headline: str, **metrics: Any) -> Path:
+        """Mark the stage done: `stage.json` with a one-line headline result and key numbers."""
+        record = {"stage": self.name, "headline": headline, "metrics": metrics,
+                  "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+        return write_json_atomic(self.path(STAGE_FILE), record)
+
+
+def open_stage(name: str, *, output_root: str | os.PathLike, run_name: str) -> Stage:
+    """The Stage of notebook `name`; creates its folder. A restarted stage loses its done-mark."""
+    stage = Stage(name, Path(output_root), run_name)
+    stage.dir.mkdir(parents=True, exist_ok=True)
+    (stage.dir / STAGE_FILE).unlink(missing_ok=True)
+    return stage
+
+
+def read_stage_record(run_dir: Path, name: str) -> dict[str, Any] | None:
+    """The `stage.json` of a finished stage, or None."""
+    path = run_dir / name / STAGE_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def write_json_atomic(path: Path, obj: Any) -> Path:
+    """Write JSON via a temp file and rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,108 @@
+"""Params: every error names the file, section and key; overrides validate the same way."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ifl.params import ParamsError, check_files, dump, load_params, notebook_parameters, validate
+
+PARAMS_FILES = sorted(Path("params").glob("*.yaml"))
+
+
+def write(tmp_path, content: dict) -> Path:
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(content))
+    return path
+
+
+@pytest.mark.parametrize("path", PARAMS_FILES, ids=lambda p: p.name)
+def test_shipped_params_files_validate(path):
+    params = load_params(path)
+    assert params.common.run_name
+
+
+def test_unknown_section_is_named_with_a_suggestion(tmp_path):
+    path = write(tmp_path, {"common": {}, "01_translate_dat": {}})
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    message = str(err.value)
+    assert str(path) in message
+    assert "unknown section '01_translate_dat'" in message
+    assert "did you mean '01_translate_data'" in message
+
+
+def test_unknown_key_wrong_type_and_range_are_all_reported(tmp_path):
+    path = write(tmp_path, {"common": {"seed": -1, "world": "paperr"},
+                            "01_translate_data": {"mini_scens": 3, "mini_error_rate": "high"}})
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    lines = str(err.value).splitlines()
+    assert any("section 'common', key 'seed'" in l and "greater than or equal to 0" in l for l in lines)
+    assert any("section 'common', key 'world'" in l and "'paperr'" in l for l in lines)
+    assert any("key 'mini_scens': unknown key (did you mean 'mini_scenes'?)" in l for l in lines)
+    assert any("key 'mini_error_rate'" in l and "valid number" in l for l in lines)
+    assert all(l.startswith(str(path)) for l in lines)
+
+
+def test_unknown_language_is_rejected(tmp_path):
+    path = write(tmp_path, {"common": {"languages": ["en", "xx"]}})
+    with pytest.raises(ParamsError, match=r"key 'languages.1': unknown language 'xx'"):
+        load_params(path)
+
+
+def test_section_that_is_not_a_mapping(tmp_path):
+    path = write(tmp_path, {"common": [1, 2]})
+    with pytest.raises(ParamsError, match="section 'common' must be a mapping"):
+        load_params(path)
+
+
+def test_missing_local_file_names_section_and_key(tmp_path):
+    path = write(tmp_path, {"01_translate_data": {"maxm_source": "./no/such/dir"}})
+    params = load_params(path)
+    with pytest.raises(ParamsError, match=r"section '01_translate_data', key 'maxm_source'.*not found: ./no/such/dir"):
+        check_files(params, source=str(path), root=tmp_path)
+    (tmp_path / "no/such/dir").mkdir(parents=True)
+    check_files(params, source=str(path), root=tmp_path)  # now present: no error
+
+
+def test_hub_ids_are_not_checked_as_files(tmp_path):
+    params = validate({"01_translate_data": {"maxm_source": "floschne/maxm"}}, source="x")
+    check_files(params, source="x", root=tmp_path)
+
+
+def test_overrides_are_typed_and_validated(tmp_path):
+    path = write(tmp_path, {"common": {"seed": 1}})
+    params = load_params(path, overrides=["common.seed=7", "common.languages=[en, zh]",
+                                          "01_translate_data.mini_error_rate=0.25"])
+    assert params.common.seed == 7
+    assert params.common.languages == ["en", "zh"]
+    assert params.translate_data.mini_error_rate == 0.25
+    with pytest.raises(ParamsError, match=r"override -p common\.sed=3.*did you mean 'seed'"):
+        load_params(path, overrides=["common.sed=3"])
+    with pytest.raises(ParamsError, match=r"override -p comon\.seed=3\): unknown section 'comon' \(did you mean 'common'"):
+        load_params(path, overrides=["comon.seed=3"])
+    with pytest.raises(ParamsError, match="key 'mini_error_rate'.*less than or equal to 1"):
+        load_params(path, overrides=["01_translate_data.mini_error_rate=2"])
+    with pytest.raises(ParamsError, match="section.key=value"):
+        load_params(path, overrides=["seed=3"])
+
+
+def test_resolved_params_round_trip(tmp_path):
+    params = load_params("params/default.yaml", overrides=["common.seed=5"])
+    again = validate(yaml.safe_load(dump(params)), source="dump")
+    assert again == params
+
+
+def test_injected_parameters_are_common_plus_block():
+    params = load_params("params/default.yaml")
+    injected = notebook_parameters(params, "01_translate_data")
+    assert injected["run_name"] == "default" and injected["mini_scenes"] == params.translate_data.mini_scenes
+    assert set(notebook_parameters(params, "99_unknown")) == set(type(params.common).model_fields)
+
+
+def test_notebook_keys_never_shadow_common_keys():
+    from ifl.params_schema import SECTIONS
+    common = set(SECTIONS["common"].model_fields)
+    for name, block in SECTIONS.items():
+        if name != "common":
+            assert not common & set(block.model_fields), name
