@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ifl.params_schema import SECTIONS, Params, local_path_fields
+from ifl.params_schema import section as section_of
 
 
 class ParamsError(ValueError):
@@ -76,6 +77,20 @@ def notebook_parameters(params: Params, section: str) -> dict[str, Any]:
     (a notebook without a block of its own gets the common keys only)."""
     dumped = params.model_dump(by_alias=True, mode="json")
     return {**dumped["common"], **dumped.get(section, {})}
+
+
+def from_notebook(namespace: dict[str, Any], section: str) -> tuple[Any, Any]:
+    """(common, block) rebuilt from a notebook's variables and validated again, so values that
+    papermill injected, or that a reader edited by hand, meet the same schema.
+
+    >>> common, block = from_notebook({"seed": 1, "mini_scenes": 5}, "01_translate_data")
+    >>> common.seed, block.mini_scenes
+    (1, 5)
+    """
+    raw = {name: {k: namespace[k] for k in model.model_fields if k in namespace}
+           for name, model in SECTIONS.items() if name in ("common", section)}
+    params = validate(raw, source=f"notebook {section}")
+    return params.common, section_of(params, section)
 
 
 def dump(params: Params) -> str:

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Iterator, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from ifl.data.hub import SOURCES
 from ifl.data.languages import LANGUAGES
 
 
@@ -37,8 +38,13 @@ def _query_or_language(code: str) -> str:
 
 Lang = Annotated[str, AfterValidator(_known_language)]
 Source = Annotated[str, _Source()]
-Revision = Annotated[str | None, Field(description="git revision (commit SHA) on the hub; "
-                                                  "null = latest, recorded at load")]
+Revision = Annotated[str | None, Field(description=(
+    "commit SHA on the hub; null = the pin in ifl/data/sources.yaml (recorded with the outputs)"))]
+
+
+def _hub(name: str) -> str:
+    """Default source: the hub id of `name` in ifl/data/sources.yaml (one place for hub ids)."""
+    return SOURCES[name].hub_id
 
 
 class Block(BaseModel):
@@ -73,22 +79,22 @@ class TranslateData(Block):
         "fixed ISO code such as 'en' (sensitivity check)"))
     # --- paper world: evaluation benchmarks ---
     benchmarks: list[Literal["maxm", "llavaw", "visit", "multiq"]] = ["maxm", "llavaw", "visit"]
-    maxm_source: Source = "floschne/maxm"
-    maxm_revision: Revision = "169afacfb848a1a4dab6b2aaaa149841cd643961"
+    maxm_source: Source = _hub("maxm")
+    maxm_revision: Revision = None
     maxm_description: Literal["maxm_captions", "xm3600"] = "maxm_captions"
-    xm3600_source: Source = "floschne/xm3600"
+    xm3600_source: Source = _hub("xm3600")
     xm3600_revision: Revision = None
-    llavaw_source: Source = "floschne/multilingual-llava-bench-in-the-wild"
-    llavaw_revision: Revision = "0f7202befe5a2e67a0e763f1afa4e6d09ce96414"
-    visit_source: Source = "mlfoundations/VisIT-Bench"
+    llavaw_source: Source = _hub("llavaw")
+    llavaw_revision: Revision = None
+    visit_source: Source = _hub("visit")
     visit_revision: Revision = None
-    multiq_source: Source = "caro-holt/MultiQ"
+    multiq_source: Source = _hub("multiq")
     multiq_revision: Revision = None
     visit_languages: list[Lang] = ["ar", "bn", "zh", "de", "he", "hi", "ja", "es", "th"]
     # --- paper world: LLaVA-v1.5 training data ---
-    pretrain_source: Source = "liuhaotian/LLaVA-Pretrain"
+    pretrain_source: Source = _hub("llava_pretrain")
     pretrain_revision: Revision = None
-    instruct_source: Source = "liuhaotian/LLaVA-Instruct-150K"
+    instruct_source: Source = _hub("llava_instruct")
     instruct_revision: Revision = None
     training_languages: list[Lang] = ["zh", "de"]
     max_training_records: int | None = Field(None, ge=1, description=(

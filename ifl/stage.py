@@ -103,10 +103,10 @@ def read_stage_record(run_dir: Path, name: str) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
-def write_json_atomic(path: Path, obj: Any) -> Path:
+def write_json_atomic(path: Path, obj: Any, indent: int | None = 2) -> Path:
     """Write JSON via a temp file and rename, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    tmp.write_text(json.dumps(obj, indent=indent, ensure_ascii=False, default=str), encoding="utf-8")
     os.replace(tmp, path)
     return path

@@ -312,3 +312,17 @@ def test_nllb_missing_model_errors_say_what_to_do(tmp_path):
     with pytest.raises(ModelNotAvailableError, match=rf"facebook/nllb-200-distilled-1.3B.*{rev}.*"
                                                      rf"hf download facebook/nllb-200-distilled"):
         NLLBTranslator("facebook/nllb-200-distilled-1.3B", revision=rev)
+
+
+def test_an_empty_translation_of_real_text_is_recorded_as_a_failure(tmp_path):
+    from ifl.translate import TranslationStore, translate_texts
+
+    class Blank:
+        backend_id = "blank"
+
+        def translate_batch(self, texts, src, tgt):
+            return ["" if t == "b" else t.upper() for t in texts]
+
+    run = translate_texts(["a", "b", " "], "en", "de", Blank(), TranslationStore(tmp_path), progress=False)
+    assert run.translations == ["A", None, " "]
+    assert "EmptyTranslation" in run.failed["b"]

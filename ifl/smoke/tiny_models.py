@@ -101,9 +101,19 @@ def write_tiny_nllb(root: Path, seed: int = 0) -> Path:
         decoder_ffn_dim=64, max_position_embeddings=256, encoder_layerdrop=0.0,
         decoder_layerdrop=0.0, dropout=0.0, attention_dropout=0.0,
         init_std=0.3,  # large random weights, so different inputs give different gibberish
-        pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2)
+        pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2,
+        tie_word_embeddings=False)  # own output rows, see the language-code rows below
     torch.manual_seed(seed)
     model = M2M100ForConditionalGeneration(config).eval()
+    # A random model often ends at once or emits only special tokens, which decode to "" and
+    # would count as failed translations; prevent both so the smoke run has text to carry on.
+    # Language codes cannot be suppressed (the forced first token is one); instead their output
+    # rows get zero weight, so their logit 0 loses to the large random logits of real pieces.
+    with torch.no_grad():
+        model.lm_head.weight[tokenizer.convert_tokens_to_ids(lang_codes)] = 0.0
+    model.generation_config.min_new_tokens = 4
+    model.generation_config.suppress_tokens = [tokenizer.convert_tokens_to_ids(t)
+                                               for t in ("<s>", "<pad>", "<unk>")]
 
     # build beside the target and rename: a killed build never looks like a finished model
     target.parent.mkdir(parents=True, exist_ok=True)

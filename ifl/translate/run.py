@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: readable in notebooks, logs and terminals alike
 
 from ifl.data.languages import get as get_language
 from ifl.translate.store import Shard, TranslationStore, text_key
@@ -109,6 +109,10 @@ def _translate_and_store(translator: Translator, batch: list[str], src: str, tgt
                 done[text] = _checked(translator.translate_batch([text], src, tgt), [text])[0]
             except Exception as exc:  # noqa: BLE001 -- recorded in the store, reported at the end
                 errors[text] = f"{type(exc).__name__}: {exc}"
+    for text, out in list(done.items()):
+        if text.strip() and not out.strip():  # an empty answer to real text is a failure, not a result
+            del done[text]
+            errors[text] = "EmptyTranslation: the backend returned an empty string"
     shard.append(done, errors)
     return list(errors)
 

@@ -1,0 +1,1 @@
+"""Facts copied from the paper (its tables as CSV), shown beside this run's numbers."""

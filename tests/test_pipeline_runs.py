@@ -1,0 +1,76 @@
+"""End to end through ./run_all.sh's runner: the miniature default (small sizes) and the paper's
+code path on local stand-ins (params/paper-smoke.yaml), for every notebook that exists."""
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from ifl import runner
+from ifl.data.schema import read_tasks
+from ifl.params import load_params
+
+SMALL = ["-p", "01_translate_data.mini_scenes=12", "-p", "01_translate_data.mini_caption_records=60",
+         "-p", "01_translate_data.mini_instruct_records=60"]
+
+
+def run(params_file: str, out: Path, *extra: str) -> int:
+    return runner.main([params_file, "-p", f"common.output_root={out}", *extra])
+
+
+def test_paper_smoke_differs_from_paper_only_in_stand_ins():
+    paper = yaml.safe_load(Path("params/paper.yaml").read_text())
+    smoke = yaml.safe_load(Path("params/paper-smoke.yaml").read_text())
+    allowed = {("common", "run_name"), ("common", "device"), ("common", "make_smoke_assets")}
+    for section, block in paper.items():
+        assert set(block) == set(smoke[section]), section
+        for key, value in block.items():
+            if smoke[section][key] != value:
+                local = str(smoke[section][key]).startswith("./smoke_assets/")
+                assert (section, key) in allowed or (key.endswith(("_source", "_model")) and local), key
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    assert run("params/paper-smoke.yaml", out) == 0
+    return out / "runs" / "paper-smoke"
+
+
+def test_paper_smoke_translate_data(smoke_run):
+    tasks = read_tasks(smoke_run / "01_translate_data" / "tasks.parquet")
+    assert set(tasks["benchmark"]) == {"maxm", "llavaw", "visit"}
+    assert set(tasks["lang"]) == set(load_params("params/paper.yaml").common.languages)
+    visit = tasks[tasks["benchmark"] == "visit"]
+    # every translated VisIT row keeps its English item's parallel id and gets its own language
+    english = set(visit.loc[visit["lang"] == "en", "parallel_id"])
+    assert set(visit["parallel_id"]) == english and visit["lang"].nunique() == 10
+    manifest = json.loads((smoke_run / "01_translate_data/training/manifest.json").read_text())
+    for lang in ("en", "zh", "de"):
+        records = json.loads(Path(manifest[lang]["instruct"]).read_text())
+        assert records and all("<image>" in r["conversations"][0]["value"] for r in records if "image" in r)
+    assert (smoke_run / "01_translate_data/stage.json").exists()
+
+
+def test_default_run_small(tmp_path):
+    assert run("params/default.yaml", tmp_path, *SMALL) == 0
+    stage = tmp_path / "runs/default/01_translate_data"
+    tasks = read_tasks(stage / "tasks.parquet")
+    assert len(tasks) == 12 * 2 * 6  # scenes x benchmarks x languages
+    assert (tasks.groupby("parallel_id")["lang"].nunique() == 6).all()
+    manifest = json.loads((stage / "training/manifest.json").read_text())
+    assert {k for k in manifest if k != "image_folder"} == {"en", "zh", "de"}
+    effect = pd.read_csv(stage / "error_rate_effect.csv")
+    assert effect.loc[effect["error_rate"] == 0, "corrupted_share"].item() == 0
+    assert effect["corrupted_share"].is_monotonic_increasing
+    for name in ("01_tasks_per_language", "01_translation_error_rate"):
+        assert (tmp_path / f"paper_figures/default/{name}.png").exists()
+        assert (tmp_path / f"paper_figures/default/{name}.pdf").exists()
+    index = (tmp_path / "rendered/default/index.html").read_text()
+    assert "144 tasks in 6 languages" in index  # the headline of notebook 01
+    assert (tmp_path / "rendered/default/01_translate_data.html").stat().st_size > 10_000
+    # rerun one section alone from its saved state: same tasks, nothing lost
+    assert run("params/default.yaml", tmp_path, *SMALL, "--only", "01") == 0
+    again = read_tasks(stage / "tasks.parquet")
+    pd.testing.assert_frame_equal(tasks, again)
