@@ -12,9 +12,11 @@ from pathlib import Path
 def ensure_smoke_assets(root: str | Path = "smoke_assets") -> Path:
     """Create (or reuse) every stand-in under `root`; returns `root`."""
     from ifl.smoke.fixtures import write_fixtures
+    from ifl.smoke.tiny_llava import write_tiny_llava_models
     from ifl.smoke.tiny_models import write_tiny_nllb
 
     root = Path(root)
     write_fixtures(root)
     write_tiny_nllb(root)
+    write_tiny_llava_models(root)
     return root

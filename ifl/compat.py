@@ -1,0 +1,143 @@
+"""The one adapter for transformers-version drift in LLaVA models. Nothing else in `ifl` may reach
+into a model's module tree or a layer's output type; everything goes through these functions.
+
+What drifted (shared/reference/STEERING_CKA_UMAP.md §1.2, checked on transformers 5.24):
+
+| thing                   | transformers >= 4.52 / 5.x                     | before 4.52 / 4.x                    |
+|-------------------------|------------------------------------------------|--------------------------------------|
+| decoder layers          | `model.model.language_model.layers`            | `model.language_model.model.layers`  |
+| decoder layer output    | a Tensor [batch, seq, hidden] (5.x)            | a tuple whose [0] is that Tensor     |
+| `get_image_features`    | BaseModelOutputWithPooling, `.pooler_output` a list of [n_tokens, hidden] (5.x) | a Tensor [n_images, n_tokens, hidden] |
+| 4-bit flags             | `quantization_config=BitsAndBytesConfig(...)`, `dtype=` | `load_in_4bit=True`, `torch_dtype=` |
+
+Processor classes (what `processor_classes` records beside results):
+* llava-hf repos name `CLIPImageProcessor`; without torchvision transformers 5 instantiates
+  `CLIPImageProcessorPil` (same numbers, PIL resizing); with torchvision the torch version.
+* For `model_type: llava` transformers 5 loads the tokenizer as the generic `TokenizersBackend`
+  (tokenizer.json as is), not `LlamaTokenizer`/`GemmaTokenizer`, and its padding side is
+  "right": set "left" for batched generation (ifl.models.load_llava does).
+* LlavaProcessor needs `patch_size`, `vision_feature_select_strategy` and
+  `num_additional_image_tokens` to expand `<image>` into one token per patch (fields added to the
+  llava-hf repos in 2024, >= 4.46); `complete_processor` fills them from the model config for
+  older repo revisions. Intel/llava-gemma-2b needed its own `LlavaGemmaProcessor` before 4.41.1.
+
+>>> import torch
+>>> untuple((torch.zeros(1, 2, 3), None)).shape
+torch.Size([1, 2, 3])
+>>> retuple(torch.zeros(1), torch.ones(1))
+tensor([1.])
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+# Where the module holding `layers`, `embed_tokens` and the final `norm` lives, newest first.
+_LANGUAGE_MODEL_PATHS = (
+    "model.language_model",  # LLaVA, transformers >= 4.52 (LlavaModel.language_model)
+    "language_model.model",  # LLaVA, transformers < 4.52 (LlavaForConditionalGeneration.language_model)
+    "model",                 # a plain causal LM (LlamaForCausalLM.model), e.g. a design-space base LLM
+)
+
+
+def _get(root: nn.Module, path: str) -> Any:
+    obj = root
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def language_model(model: nn.Module) -> nn.Module:
+    """The decoder stack (e.g. LlamaModel): `.layers`, `.embed_tokens`, `.norm`. Raises if not
+    exactly one known path leads to a module with a `layers` ModuleList."""
+    found = {path: module for path in _LANGUAGE_MODEL_PATHS
+             if isinstance(module := _get(model, path), nn.Module)
+             and isinstance(getattr(module, "layers", None), nn.ModuleList)}
+    if len(found) != 1:
+        raise ValueError(
+            f"{type(model).__name__}: expected exactly one decoder stack at "
+            f"{' / '.join(p + '.layers' for p in _LANGUAGE_MODEL_PATHS)}, found "
+            f"{sorted(p + '.layers' for p in found) or 'none'} (ifl/compat.py knows these "
+            "transformers layouts; add the new one there)")
+    return next(iter(found.values()))
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The LLM's decoder blocks. `layer=l` everywhere in ifl means `decoder_layers(model)[l]`
+    (0-based); its output is `hidden_states[l + 1]` for l < N-1 (the last entry is post-norm)."""
+    return language_model(model).layers
+
+
+def untuple(output: torch.Tensor | tuple) -> torch.Tensor:
+    """A decoder layer's hidden states [batch, seq, hidden] from its forward output: the Tensor
+    itself (transformers 5.x) or the first element of the tuple (4.x)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def retuple(original: torch.Tensor | tuple, tensor: torch.Tensor) -> torch.Tensor | tuple:
+    """`tensor` in the shape of container `original` had, for a forward hook to return: a tuple
+    keeps its other elements (attention weights, cache) unchanged."""
+    return (tensor, *original[1:]) if isinstance(original, tuple) else tensor
+
+
+def image_features(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Projected image features, as the LLM receives them at the `<image>` positions.
+
+    pixel_values [n_images, 3, H, W] -> [n_images, n_tokens, text_hidden], with the model's own
+    `vision_feature_layer` (-2 for LLaVA-1.5) and select strategy ("default" drops CLS: 576 tokens
+    at 336 px / patch 14)."""
+    cfg = model.config
+    out = model.get_image_features(pixel_values=pixel_values,
+                                   vision_feature_layer=cfg.vision_feature_layer,
+                                   vision_feature_select_strategy=cfg.vision_feature_select_strategy)
+    if hasattr(out, "pooler_output"):  # 5.x: BaseModelOutputWithPooling, list per image
+        out = out.pooler_output
+    if isinstance(out, (list, tuple)):
+        out = torch.stack(list(out))  # every image has the same token count in LLaVA-1.5
+    if out.dim() != 3:
+        raise ValueError(f"image features of shape {tuple(out.shape)}; expected "
+                         "[n_images, n_tokens, hidden]")
+    return out
+
+
+def bnb_config(kind: str | None, compute_dtype: torch.dtype = torch.bfloat16):
+    """BitsAndBytesConfig for `quantization` = "4bit" (NF4, double quantisation, bf16 compute: the
+    QLoRA recipe) or "8bit" (LLM.int8); None -> None. Pass as `quantization_config=` (5.x)."""
+    if kind is None:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if kind == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                  bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=compute_dtype)
+    if kind == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    raise ValueError(f"quantization must be None, '4bit' or '8bit', got {kind!r}")
+
+
+def complete_processor(processor, config) -> None:
+    """Fill what older llava-hf revisions' processor configs lack (patch_size, select strategy,
+    CLS count; all three came together), from the model config, so that `<image>` expands to
+    one token per image feature. A processor that has `patch_size` is left as it is."""
+    if getattr(processor, "patch_size", None) is not None:
+        return
+    vision = config.vision_config
+    processor.patch_size = vision.patch_size
+    processor.vision_feature_select_strategy = config.vision_feature_select_strategy
+    # CLIP and DINOv2 towers put one CLS token before the patches
+    processor.num_additional_image_tokens = int(vision.model_type in ("clip_vision_model", "dinov2"))
+
+
+def processor_classes(processor) -> dict[str, str]:
+    """Class names of a processor and its parts, to save beside results (they change numbers:
+    PIL vs torchvision resizing, tokenizer backends)."""
+    out = {"processor": type(processor).__name__}
+    for part in ("tokenizer", "image_processor"):
+        if getattr(processor, part, None) is not None:
+            out[part] = type(getattr(processor, part)).__name__
+    return out
