@@ -1,0 +1,98 @@
+"""Command line for training design variants, on one device or under `accelerate launch`.
+
+One GPU (or CPU), miniature or 7B:
+    python -m ifl.train --variant vicuna-clip-en --llm hub --vision hub \\
+        --manifest runs/paper/01_translate_data/training/manifest.json --out runs/paper/02_train_variants
+
+Eight GPUs with DeepSpeed ZeRO-2 (the paper: 8 x A6000; global batch kept at 256 / 128 by
+gradient accumulation = global_batch / (micro_batch x 8)):
+    accelerate launch --config_file ifl/train/deepspeed_zero2.yaml -m ifl.train \\
+        --variant all --llm ... --vision ... --manifest ... --out ... --dtype bfloat16 \\
+        --stage1 micro_batch=32 --stage2 micro_batch=16 gradient_checkpointing=true
+Plain DDP instead of DeepSpeed: --config_file ifl/train/ddp.yaml (the whole model on every GPU).
+
+One 24 GB GPU: stage 1 in bf16 (frozen LLM, no optimizer state for it), stage 2 as QLoRA:
+    python -m ifl.train --variant yi-clip-zh ... --dtype bfloat16 --qlora r=128 alpha=256 \\
+        --stage1 micro_batch=8 gradient_checkpointing=true \\
+        --stage2 lr=2e-4 micro_batch=4 gradient_checkpointing=true
+
+--stage1/--stage2 take key=value overrides of StageSettings.llava_stage1()/llava_stage2()
+(values: numbers, else YAML: lr=5e-4, max_steps=150, format=chat, save_every=null). Rerunning the same command skips
+finished variants and resumes interrupted ones (set save_every to checkpoint more often).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+import yaml
+
+from ifl.train.lora import LoraSettings
+from ifl.train.variants import LLMS, VISIONS, StageSettings, design_space, train_variant, variant
+
+
+def _pairs(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"expected key=value, got {item!r}")
+        out[key] = _value(value)
+    return out
+
+
+def _value(text: str):
+    """int, float (YAML 1.1 reads '5e-4' as a string), else YAML (true, null, lists)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m ifl.train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variant", nargs="+", required=True,
+                    help="variant names (e.g. vicuna-clip-en) or 'all' (the paper's 14)")
+    ap.add_argument("--llm", required=True, help=f"LLM path or hub id (paper: {json.dumps({k: v['hub'] for k, v in LLMS.items()})}); "
+                    "'hub' for the paper's; with several variants use {llm}, e.g. /models/{llm}")
+    ap.add_argument("--vision", required=True, help=f"tower path or hub id (paper: {json.dumps(VISIONS)}); "
+                    "'hub' for the paper's; {vision} is replaced by the variant's tower")
+    ap.add_argument("--manifest", required=True, help="training/manifest.json of notebook 01")
+    ap.add_argument("--out", required=True, help="output folder; one subfolder per variant")
+    ap.add_argument("--template", default=None, help="chat template (default: the LLM's, see LLMS)")
+    ap.add_argument("--tokenizer", default=None, help="tokenizer path (default: the LLM's)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--stage1", nargs="*", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--stage2", nargs="*", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--qlora", nargs="*", default=None, metavar="KEY=VALUE",
+                    help="stage 2 as QLoRA (4-bit LLM + LoRA); LoraSettings overrides")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (1 on a small shared CPU: oversubscribed threads "
+                         "made tiny-model steps 100x slower there)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    specs = design_space() if args.variant == ["all"] else [variant(v) for v in args.variant]
+    stage1 = StageSettings.llava_stage1(**_pairs(args.stage1))
+    stage2 = StageSettings.llava_stage2(**_pairs(args.stage2))
+    qlora = LoraSettings(**_pairs(args.qlora)) if args.qlora is not None else None
+    for spec in specs:
+        llm = LLMS[spec.llm]["hub"] if args.llm == "hub" else args.llm.format(llm=spec.llm)
+        vision = VISIONS[spec.vision] if args.vision == "hub" else args.vision.format(vision=spec.vision)
+        res = train_variant(spec, llm, vision,
+                            args.manifest, args.template, stage1, stage2, args.out,
+                            tokenizer=args.tokenizer, dtype=getattr(torch, args.dtype),
+                            qlora=qlora, seed=args.seed)
+        print(f"{spec.name}: {'already done' if res.cached else 'trained'} -> {res.model_dir}",
+              file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

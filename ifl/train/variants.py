@@ -1,0 +1,186 @@
+"""The paper's design space (§4.1, Table 3) as data, and training one variant end to end.
+
+LLM {vicuna, yi, leo} x vision {clip, dinov2} x training-data language {en, zh, de}, where Yi is
+only combined with en/zh and Leo only with en/de: 6 + 4 + 4 = 14 variants.
+
+>>> [v.name for v in design_space()][:3]
+['vicuna-clip-en', 'vicuna-clip-zh', 'vicuna-clip-de']
+>>> len(design_space())
+14
+
+    spec = variant("leo-dinov2-de")
+    res = train_variant(spec, llm_path, vision_path, manifest, template("chatml"),
+                        StageSettings.llava_stage1(), StageSettings.llava_stage2(), "runs/x/02")
+    res.model_dir   # runs/x/02/leo-dinov2-de/stage2/model, loads with from_pretrained
+
+Layout: out_dir/<name>/stage1/, stage2/ (each as `train_stage` writes it) and DONE, written last.
+A variant with DONE is skipped; an interrupted one resumes in the stage it stopped in.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ifl.prompts import ChatTemplate, template as get_template
+from ifl.stage import write_json_atomic
+from ifl.train.lora import LoraSettings
+from ifl.train.loop import TrainResult, train_stage
+
+# Components of §8b (SOURCES.md); "template" is each LLM's chat format in ifl/prompts.yaml.
+LLMS = {
+    "vicuna": {"hub": "lmsys/vicuna-7b-v1.5", "template": "vicuna_v1"},
+    "yi": {"hub": "01-ai/Yi-6B-Chat", "template": "chatml"},
+    "leo": {"hub": "LeoLM/leo-hessianai-7b-chat", "template": "chatml"},
+}
+VISIONS = {"clip": "openai/clip-vit-large-patch14-336", "dinov2": "facebook/dinov2-large"}
+DATA_LANGS = ("en", "zh", "de")
+# Table 3: which data languages each LLM is trained with (absent: all of them)
+PAPER_RULES: dict[str, tuple[str, ...]] = {"yi": ("en", "zh"), "leo": ("en", "de")}
+DONE = "DONE"
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    name: str
+    llm: str
+    vision: str
+    data_lang: str
+
+
+def design_space(llms=tuple(LLMS), visions=tuple(VISIONS), data_langs=DATA_LANGS,
+                 rules: dict[str, tuple[str, ...]] | None = None) -> list[VariantSpec]:
+    """All allowed (llm, vision, data language) combinations, in the given order.
+    rules: {llm: allowed data languages}; default PAPER_RULES; {} allows every combination."""
+    rules = PAPER_RULES if rules is None else rules
+    return [VariantSpec(f"{llm}-{vision}-{lang}", llm, vision, lang)
+            for llm in llms for vision in visions for lang in data_langs
+            if lang in rules.get(llm, data_langs)]
+
+
+def variant(name: str, **kwargs) -> VariantSpec:
+    """The spec called `name` (e.g. "yi-clip-zh") in design_space(**kwargs)."""
+    for spec in design_space(**kwargs):
+        if spec.name == name:
+            return spec
+    raise KeyError(f"no variant {name!r} in the design space; known: "
+                   f"{', '.join(s.name for s in design_space(**kwargs))}")
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """Arguments of one `train_stage` call. format: "chat" (the LLM's template) or "plain"
+    (LLaVA-1.5's stage-1 format: image then caption). Constructors give LLaVA-1.5's values."""
+    lr: float
+    global_batch: int
+    micro_batch: int
+    epochs: float = 1.0
+    max_steps: int | None = None
+    warmup_ratio: float = 0.03
+    scheduler: str = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    max_length: int = 2048
+    format: str = "chat"
+    image_to_front: bool = True
+    pad_to_square: bool = False
+    save_every: int | None = None
+    gradient_checkpointing: bool = False
+    num_workers: int = 0
+    preload_images: bool | None = None
+    loss_norm: str = "tokens"
+    extra: dict = field(default_factory=dict)  # any other train_stage keyword
+
+    @classmethod
+    def llava_stage1(cls, micro_batch: int = 32, **kw) -> "StageSettings":
+        """pretrain.sh: projector only, lr 1e-3, batch 256, 'plain' prompts, square images."""
+        return cls(**({"lr": 1e-3, "global_batch": 256, "micro_batch": micro_batch,
+                       "format": "plain", "save_every": 200} | kw))
+
+    @classmethod
+    def llava_stage2(cls, micro_batch: int = 16, **kw) -> "StageSettings":
+        """finetune.sh: projector + LLM, lr 2e-5, batch 128, chat template, images padded square."""
+        return cls(**({"lr": 2e-5, "global_batch": 128, "micro_batch": micro_batch,
+                       "pad_to_square": True, "save_every": 200} | kw))
+
+    def train_kwargs(self) -> dict:
+        kw = asdict(self)
+        kw.pop("format")
+        return kw.pop("extra") | kw
+
+
+@dataclass
+class VariantResult:
+    spec: VariantSpec
+    model_dir: Path
+    stage1: TrainResult | None
+    stage2: TrainResult | None
+    cached: bool = False
+
+
+def _losses(out: Path) -> TrainResult | None:
+    import pandas as pd
+    if not (out / "losses.csv").exists():
+        return None
+    saved = json.loads((out / "result.json").read_text())
+    return TrainResult(losses=pd.read_csv(out / "losses.csv"), model_dir=out / "model",
+                       steps=saved["steps"], seconds=saved["seconds"], cached=True, summary=saved)
+
+
+def train_variant(spec: VariantSpec, llm_path: str | Path, vision_path: str | Path,
+                  manifest: dict | str | Path, template: ChatTemplate | str | None,
+                  stage1: StageSettings, stage2: StageSettings, out_dir: str | Path, *,
+                  tokenizer=None, dtype: torch.dtype = torch.float32, device: str | None = None,
+                  qlora: LoraSettings | None = None, seed: int = 0,
+                  progress: bool = True) -> VariantResult:
+    """Stage 1 on manifest[data_lang]["pretrain"], stage 2 on manifest[data_lang]["instruct"].
+
+    manifest: notebook 01's training/manifest.json (or its dict); template: the chat template
+    (None: the LLM's from LLMS). qlora: stage 2 as QLoRA (4-bit LLM + LoRA) on one GPU.
+    Stage 2 starts from the saved stage-1 model, so a resumed and an uninterrupted run start it
+    from identical weights."""
+    from accelerate import Accelerator
+
+    from ifl.train.assemble import assemble_llava, load_llava
+    from ifl.train.loop import RESULT
+    out = Path(out_dir) / spec.name
+    accelerator = Accelerator()
+    device = device or accelerator.device  # this process's GPU under `accelerate launch`
+    if (out / DONE).exists():
+        return VariantResult(spec, out / "stage2" / "model", _losses(out / "stage1"),
+                             _losses(out / "stage2"), cached=True)
+    if not isinstance(manifest, dict):
+        manifest = json.loads(Path(manifest).read_text(encoding="utf-8"))
+    if spec.data_lang not in manifest:
+        raise KeyError(f"training manifest has no {spec.data_lang!r} data (languages: "
+                       f"{[k for k in manifest if k != 'image_folder']}); add it to "
+                       "training_languages in the params file and rerun notebook 01")
+    chat = get_template(template or LLMS[spec.llm]["template"]) if not isinstance(
+        template, ChatTemplate) else template
+    images = manifest["image_folder"]
+
+    def run(model, processor, settings: StageSettings, stage: str, part: str) -> TrainResult:
+        fmt = "plain" if settings.format == "plain" else chat
+        return train_stage(model, processor, manifest[spec.data_lang][part], images, fmt,
+                           stage=stage, out_dir=out / f"stage{1 if stage == 'projector' else 2}",
+                           seed=seed, qlora=qlora if stage == "full" else None,
+                           progress=progress, **settings.train_kwargs())
+
+    model = processor = None  # a finished stage 1 is only read back: no need to load the LLM
+    if not (out / "stage1" / RESULT).exists():
+        model, processor = assemble_llava(llm_path, vision_path, tokenizer=tokenizer, dtype=dtype,
+                                          device=device, seed=seed)
+    res1 = run(model, processor, stage1, "projector", "pretrain")
+    del model
+    model, processor = load_llava(res1.model_dir, dtype=dtype, device=device,
+                                  quantization="4bit" if qlora else None)
+    res2 = run(model, processor, stage2, "full", "instruct")
+    if accelerator.is_main_process:
+        write_json_atomic(out / DONE, {"spec": asdict(spec), "stage1": asdict(stage1),
+                                       "stage2": asdict(stage2),
+                                       "qlora": qlora.as_dict() if qlora else None,
+                                       "stage1_steps": res1.steps, "stage2_steps": res2.steps})
+    accelerator.wait_for_everyone()
+    return VariantResult(spec, res2.model_dir, res1, res2)
