@@ -24,18 +24,17 @@ from pathlib import Path
 
 import torch
 
+from ifl.models import model_info
 from ifl.prompts import ChatTemplate, template as get_template
 from ifl.stage import write_json_atomic
 from ifl.train.lora import LoraSettings
 from ifl.train.loop import TrainResult, train_stage
 
-# Components of §8b (SOURCES.md); "template" is each LLM's chat format in ifl/prompts.yaml.
-LLMS = {
-    "vicuna": {"hub": "lmsys/vicuna-7b-v1.5", "template": "vicuna_v1"},
-    "yi": {"hub": "01-ai/Yi-6B-Chat", "template": "chatml"},
-    "leo": {"hub": "LeoLM/leo-hessianai-7b-chat", "template": "chatml"},
-}
-VISIONS = {"clip": "openai/clip-vit-large-patch14-336", "dinov2": "facebook/dinov2-large"}
+# Components of §8b (SOURCES.md), read from the one model table (ifl/models.yaml);
+# "template" is each LLM's chat format in ifl/prompts.yaml.
+LLMS = {name: {"hub": model_info(name).hub_id, "template": model_info(name).template}
+        for name in ("vicuna", "yi", "leo")}
+VISIONS = {name: model_info(name).hub_id for name in ("clip", "dinov2")}
 DATA_LANGS = ("en", "zh", "de")
 # Table 3: which data languages each LLM is trained with (absent: all of them)
 PAPER_RULES: dict[str, tuple[str, ...]] = {"yi": ("en", "zh"), "leo": ("en", "de")}
@@ -159,10 +158,13 @@ def train_variant(spec: VariantSpec, llm_path: str | Path, vision_path: str | Pa
                        "training_languages in the params file and rerun notebook 01")
     chat = get_template(template or LLMS[spec.llm]["template"]) if not isinstance(
         template, ChatTemplate) else template
-    images = manifest["image_folder"]
+    # one image folder for both parts (miniature), or one per part (paper: LCS-558K's images
+    # and LLaVA's playground/data differ)
+    folders = manifest.get("image_folders") or {}
 
     def run(model, processor, settings: StageSettings, stage: str, part: str) -> TrainResult:
         fmt = "plain" if settings.format == "plain" else chat
+        images = folders.get(part, manifest.get("image_folder"))
         return train_stage(model, processor, manifest[spec.data_lang][part], images, fmt,
                            stage=stage, out_dir=out / f"stage{1 if stage == 'projector' else 2}",
                            seed=seed, qlora=qlora if stage == "full" else None,
