@@ -129,7 +129,8 @@ def train_stage(model, processor, records: list[dict] | str | Path, image_folder
         raise ValueError(f"loss_norm must be 'tokens' or 'micro_batch', got {loss_norm!r}")
     if resume and (done := _finished(out_dir, settings)) is not None:
         return done
-    accelerator, accum, world = _accelerator(global_batch, micro_batch, max_grad_norm)
+    accelerator, accum, world, global_batch, micro_batch = _accelerator(
+        global_batch, micro_batch, max_grad_norm, n_records=len(records))
     if not resume and accelerator.is_main_process:
         shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
         (out_dir / RESULT).unlink(missing_ok=True)
@@ -229,12 +230,30 @@ def train_stage(model, processor, records: list[dict] | str | Path, image_folder
                        model=unwrapped)
 
 
-def _accelerator(global_batch: int, micro_batch: int, max_grad_norm: float | None):
-    """(Accelerator, accumulation steps, processes). The Accelerator comes first: it reads the
-    launcher's settings (ACCELERATE_USE_CPU, DeepSpeed, ...) that a bare PartialState() misses."""
+def fit_to_data(n_records: int, global_batch: int, micro_batch: int, world: int) -> tuple[int, int]:
+    """(global_batch, micro_batch) for a data set smaller than one global batch: one step then
+    covers the data once instead of repeating records many times within a step (which made a
+    2-record smoke run cost 128 QLoRA forward passes per step). Unchanged for real data.
+
+    >>> fit_to_data(2, 256, 16, 1), fit_to_data(100, 64, 16, 2), fit_to_data(10_000, 256, 16, 1)
+    ((2, 2), (64, 16), (256, 16))
+    """
+    if n_records >= global_batch:
+        return global_batch, micro_batch
+    micro = max(1, min(micro_batch, n_records // world))
+    return max(micro * world, (n_records // (micro * world)) * micro * world), micro
+
+
+def _accelerator(global_batch: int, micro_batch: int, max_grad_norm: float | None,
+                 n_records: int | None = None):
+    """(Accelerator, accumulation steps, processes, global batch, micro batch). The Accelerator
+    comes first: it reads the launcher's settings (ACCELERATE_USE_CPU, DeepSpeed, ...) that a
+    bare PartialState() misses. With `n_records`, batches shrink to fit a tiny data set."""
     from accelerate import Accelerator
     accelerator = Accelerator()
     world = accelerator.num_processes
+    if n_records is not None:
+        global_batch, micro_batch = fit_to_data(n_records, global_batch, micro_batch, world)
     accum, rest = divmod(global_batch, micro_batch * world)
     if rest or accum == 0:
         raise ValueError(f"global_batch={global_batch} must be a multiple of micro_batch x "
@@ -246,7 +265,7 @@ def _accelerator(global_batch: int, micro_batch: int, max_grad_norm: float | Non
         accelerator.state.deepspeed_plugin.deepspeed_config.update(
             {"train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": accum,
              "gradient_clipping": max_grad_norm or 0.0})
-    return accelerator, accum, world
+    return accelerator, accum, world, global_batch, micro_batch
 
 
 def _optimizer_step(model, optimizer, sched, accelerator, batches, accum: int, *,
