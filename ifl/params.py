@@ -61,10 +61,19 @@ def validate(raw: dict[str, Any], *, source: str,
     return params
 
 
-def check_files(params: Params, *, source: str, root: Path = Path(".")) -> None:
-    """Every local path named in params must exist (hub ids are checked when loaded)."""
+def check_files(params: Params, *, source: str, root: Path = Path("."),
+                sections: Iterable[str] | None = None) -> None:
+    """Every local path named in params (in `sections`, default all) must exist; hub ids are
+    checked when loaded. The runner checks only the notebooks it is about to run. Sources are
+    read only in the paper world (the miniature makes all its data), so only there are they
+    checked."""
+    if params.common.world != "paper":
+        return
     missing = []
+    wanted = None if sections is None else set(sections)
     for section, key, value in local_path_fields(params):
+        if wanted is not None and section not in wanted:
+            continue
         if not (root / Path(value).expanduser()).exists():
             missing.append(f"{source}: section {section!r}, key {key!r}: file or folder "
                            f"not found: {value}")

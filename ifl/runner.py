@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         if params.common.make_smoke_assets:
             from ifl.smoke import ensure_smoke_assets
             ensure_smoke_assets(root / "smoke_assets")
-        check_files(params, source=str(args.params), root=root)
+        check_files(params, source=str(args.params), root=root, sections=["common", *selected])
     except ParamsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -57,12 +57,19 @@ def test_section_that_is_not_a_mapping(tmp_path):
 
 
 def test_missing_local_file_names_section_and_key(tmp_path):
-    path = write(tmp_path, {"01_translate_data": {"maxm_source": "./no/such/dir"}})
+    path = write(tmp_path, {"common": {"world": "paper"},
+                            "01_translate_data": {"maxm_source": "./no/such/dir"},
+                            "02_train_variants": {"llm_sources": {"vicuna": "./no/vicuna"}}})
     params = load_params(path)
     with pytest.raises(ParamsError, match=r"section '01_translate_data', key 'maxm_source'.*not found: ./no/such/dir"):
-        check_files(params, source=str(path), root=tmp_path)
+        check_files(params, source=str(path), root=tmp_path, sections=["common", "01_translate_data"])
+    with pytest.raises(ParamsError, match=r"section '02_train_variants', key 'llm_sources.vicuna'.*not found: ./no/vicuna"):
+        check_files(params, source=str(path), root=tmp_path, sections=["02_train_variants"])
     (tmp_path / "no/such/dir").mkdir(parents=True)
-    check_files(params, source=str(path), root=tmp_path)  # now present: no error
+    check_files(params, source=str(path), root=tmp_path, sections=["01_translate_data"])  # now present
+    # the miniature world reads no external files, so nothing is checked there
+    params.common.world = "miniature"
+    check_files(params, source=str(path), root=tmp_path)
 
 
 def test_hub_ids_are_not_checked_as_files(tmp_path):

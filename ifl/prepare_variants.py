@@ -1,0 +1,145 @@
+"""Notebook 02: train the design-space variants (Table 3) in either world, and check each one.
+
+Both worlds run the same engine (`ifl.train`): a LLaVA assembled from an LLM and a vision tower,
+stage 1 (projector on captions) then stage 2 (projector + LLM on conversations) in the variant's
+data language. The worlds differ only in where the components come from (hub ids vs the
+miniature's own tiny pretrained models) and in sizes and steps.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from ifl.data.miniature.scenes import COLORS, POSITIONS, SHAPES
+from ifl.params_schema import TrainVariants
+from ifl.train import LoraSettings, StageSettings, design_space, train_variant
+
+MINI_TEMPLATE = "llava_hf"  # the miniature LMs were pretrained in this chat format
+# How many answers each short question type allows: the chance level of a blind guess.
+N_OPTIONS = {"color": len(COLORS), "shape": len(SHAPES), "count": 3, "exist": 2,
+             "position": len(POSITIONS)}
+
+
+def specs(p: TrainVariants):
+    """The variants to train: the paper's combination rules over the chosen axes."""
+    return design_space(llms=tuple(p.llms), visions=tuple(p.visions), data_langs=tuple(p.data_languages))
+
+
+def miniature_components(p: TrainVariants, out: Path, seed: int) -> dict:
+    """Tokenizer, the three backbone LMs and the two towers (cached), as {"paths", "metrics"}.
+    Paths are keyed like the design space: vicuna / yi / leo, clip / dinov2."""
+    from ifl.mini import build_components
+
+    with torch_threads(p.threads):
+        built = build_components(
+            out, seed=seed, vocab_size=p.mini_vocab_size, lm_hidden=p.mini_lm_hidden,
+            lm_layers=p.mini_lm_layers, lm_steps=p.mini_lm_steps, lm_batch=p.mini_lm_batch,
+            tower_hidden=p.mini_tower_hidden, tower_layers=p.mini_tower_layers,
+            tower_steps=p.mini_tower_steps, lm_eval_scenes=p.mini_lm_eval_scenes,
+            tower_probe_scenes=p.mini_tower_probe_scenes)
+    paths = dict(built["paths"])
+    paths["dinov2"] = paths.pop("dino")  # the miniature's DINOv2 stand-in
+    return {"paths": paths, "metrics": pd.DataFrame(built["metrics"])}
+
+
+def stage_settings(p: TrainVariants, world: str) -> tuple[StageSettings, StageSettings]:
+    """Stage 1 and 2 settings: LLaVA-1.5's recipe (paper) or the miniature's short schedule."""
+    if world == "miniature":
+        common = dict(global_batch=p.mini_micro_batch, micro_batch=p.mini_micro_batch, max_length=160,
+                      save_every=50)
+        return (StageSettings(lr=p.mini_stage1_lr, max_steps=p.mini_stage1_steps, format="plain", **common),
+                StageSettings(lr=p.mini_stage2_lr, max_steps=p.mini_stage2_steps, **common))
+    shared = dict(max_length=p.max_length, save_every=p.save_every,
+                  gradient_checkpointing=p.gradient_checkpointing)
+    return (StageSettings.llava_stage1(micro_batch=p.stage1_micro_batch, lr=p.stage1_lr,
+                                       global_batch=p.stage1_global_batch,
+                                       max_steps=p.stage1_max_steps, **shared),
+            StageSettings.llava_stage2(micro_batch=p.stage2_micro_batch, lr=p.stage2_lr,
+                                       global_batch=p.stage2_global_batch,
+                                       max_steps=p.stage2_max_steps, **shared))
+
+
+def train_all(p: TrainVariants, world: str, llm_paths: dict, vision_paths: dict, manifest: dict,
+              out: Path, *, device: str, seed: int) -> pd.DataFrame:
+    """Train (or read back) every variant; one row per variant with its losses and timing."""
+    stage1, stage2 = stage_settings(p, world)
+    template = MINI_TEMPLATE if world == "miniature" else None  # None: each LLM's own template
+    qlora = LoraSettings(r=p.lora_r, alpha=p.lora_alpha) if world == "paper" and p.training == "qlora" else None
+    dtype = torch.float32 if world == "miniature" else getattr(torch, p.dtype)
+    rows = []
+    for spec in tqdm(specs(p), desc="variants", unit="variant"):
+        started = time.perf_counter()
+        with torch_threads(p.threads if world == "miniature" else None):
+            result = train_variant(spec, llm_paths[spec.llm], vision_paths[spec.vision], manifest,
+                                   template, stage1, stage2, out, dtype=dtype, device=device,
+                                   qlora=qlora, seed=seed, progress=False)
+        rows.append({"variant": spec.name, "llm": spec.llm, "vision": spec.vision,
+                     "data_lang": spec.data_lang, "model_dir": str(result.model_dir),
+                     "cached": result.cached, "seconds": round(time.perf_counter() - started, 1),
+                     **{f"{stage}_final_loss": _final_loss(getattr(result, stage))
+                        for stage in ("stage1", "stage2")}})
+    return pd.DataFrame(rows)
+
+
+def loss_curves(out: Path, variants: list[str]) -> pd.DataFrame:
+    """Long table (variant, stage, step, loss) from the losses each stage saved."""
+    frames = []
+    for name in variants:
+        for stage in ("stage1", "stage2"):
+            path = out / name / stage / "losses.csv"
+            if path.exists():
+                frames.append(pd.read_csv(path).assign(variant=name, stage=stage))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def sanity_check(trained: pd.DataFrame, tasks: pd.DataFrame, out: Path, *, n_scenes: int,
+                 device: str) -> pd.DataFrame:
+    """Each variant answers held-out short questions (image condition) in its training language:
+    accuracy (the exact miniature rule), chance level, and the share answered in that language.
+    Loads every variant through the model layer (`ifl.models.load_llava`), as notebook 03 will."""
+    from ifl.collect import collect_responses
+    from ifl.data.miniature import concepts, gold_language
+    from ifl.models import load_llava
+
+    vqa = tasks[tasks["benchmark"] == "shapes_vqa"]
+    keep = sorted(vqa["parallel_id"].unique())[:n_scenes]
+    rows = []
+    for row in trained.itertuples():
+        subset = vqa[vqa["parallel_id"].isin(keep) & (vqa["lang"] == row.data_lang)]
+        model, processor = load_llava(row.model_dir, dtype="float32", device=device)
+        answers = collect_responses(model, processor, subset, model_name=row.variant,
+                                    template=MINI_TEMPLATE, conditions=("image",), max_new_tokens=8,
+                                    batch_size=32, out_dir=out, progress=False)
+        joined = answers.merge(subset[["task_id", "answer_key", "question_type"]], on="task_id")
+        correct = [key in concepts(text) for key, text in zip(joined["answer_key"], joined["response"])]
+        rows.append({"variant": row.variant, "data_lang": row.data_lang, "n": len(joined),
+                     "accuracy": sum(correct) / max(len(joined), 1),
+                     "chance": (1 / joined["question_type"].map(N_OPTIONS)).mean(),
+                     "answer_in_training_language": (joined["response"].map(gold_language)
+                                                     == row.data_lang).mean()})
+    return pd.DataFrame(rows)
+
+
+def _final_loss(result) -> float | None:
+    losses = getattr(result, "losses", None)
+    if losses is None or len(losses) == 0:
+        return None
+    return float(losses["loss"].tail(10).mean())
+
+
+class torch_threads:
+    """Run a block with `n` torch threads (None: unchanged), restoring the old count after."""
+
+    def __init__(self, n: int | None):
+        self.n, self.old = n, torch.get_num_threads()
+
+    def __enter__(self):
+        if self.n:
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.old)
