@@ -45,8 +45,10 @@ def write_index(params: Params, root: Path, *, params_file: str) -> Path:
                      f'<a href="{stage["name"]}.ipynb">.ipynb</a>')
         elif notebook.exists():
             result, links = "<em>failed: see the notebook</em>", f'<a href="{notebook.name}">notebook</a>'
-        else:
+        elif (root / "notebooks" / f"{stage['name']}.py").exists():
             result, links = "<em>not run in this run</em>", ""
+        else:
+            result, links = "<em>notebook not written yet</em>", ""
         rows.append(f"<tr><td>{stage['number']}</td><td><b>{html.escape(stage['title'])}</b><br>"
                     f"<small>{html.escape(stage['paper'])}</small></td>"
                     f"<td>{html.escape(stage['reproduces'])}</td><td>{result}</td><td>{links}</td></tr>")
