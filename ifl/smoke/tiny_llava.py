@@ -32,14 +32,13 @@ tokenizer there, as in the real models. Outputs are gibberish; they prove the co
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import string
-import tempfile
 import zlib
 from functools import cache
 from pathlib import Path
 from typing import Callable
+
+from ifl.smoke.atomic import write_folder_atomically
 
 WIDTH, FFN, LAYERS, HEADS = 64, 128, 2, 4
 IMAGE_SIZE, PATCH_SIZE = 56, 14              # 16 patches -> 16 image tokens per <image>
@@ -119,17 +118,8 @@ def write_tiny_llava_models(root: Path, seed: int = 0) -> dict[str, Path]:
 def _build_once(target: Path, build: Callable[[Path, int], None], seed: int) -> Path:
     """Build in a temporary sibling and rename: a killed build never looks finished."""
     if (target / "config.json").exists():
-        return target  # idempotent: the rename below makes any existing folder a finished one
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        build(tmp, seed)
-        if target.exists():  # a half-written folder from an older, killed build
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+        return target  # idempotent: the atomic rename makes any existing folder a finished one
+    return write_folder_atomically(target, lambda tmp: build(tmp, seed))
 
 
 @cache

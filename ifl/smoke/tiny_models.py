@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from ifl.data.languages import LANGUAGES
+from ifl.smoke.atomic import write_folder_atomically
 
 # Short everyday sentences, enough for every script of the paper's languages to have pieces.
 _SENTENCES = {
@@ -115,16 +113,8 @@ def write_tiny_nllb(root: Path, seed: int = 0) -> Path:
     model.generation_config.suppress_tokens = [tokenizer.convert_tokens_to_ids(t)
                                                for t in ("<s>", "<pad>", "<unk>")]
 
-    # build beside the target and rename: a killed build never looks like a finished model
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-nllb-", dir=target.parent))
-    try:
+    def write(tmp: Path) -> None:
         tokenizer.save_pretrained(tmp)
         model.save_pretrained(tmp)
-        if target.exists():  # a half-written directory from an older, killed build
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return write_folder_atomically(target, write)
 
