@@ -8,12 +8,12 @@ error rate standing in for NLLB's translation noise.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
-from ifl.data.miniature import gold_language, make_tasks, rerender_records, write_training_data
+from ifl.data.miniature import (gold_language, make_tasks, rerender_file, rerender_records,
+                                write_training_data)
 from ifl.params_schema import TranslateData
 from ifl.stage import write_json_atomic
 
@@ -38,9 +38,7 @@ def build_training_data(p: TranslateData, out_dir: Path, seed: int) -> dict:
         if lang == "en":
             continue
         for part, source in (("pretrain", english["captions"]), ("instruct", english["instruct"])):
-            records = json.loads(source.read_text(encoding="utf-8"))
-            out = rerender_records(records, lang, p.mini_error_rate, seed)
-            path = write_json_atomic(out_dir / lang / source.name, out, indent=None)
+            path = rerender_file(source, out_dir / lang / source.name, lang, p.mini_error_rate, seed)
             manifest.setdefault(lang, {})[part] = str(path)
     write_json_atomic(out_dir / "manifest.json", manifest)
     return manifest

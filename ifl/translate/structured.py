@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from ifl.data.schema import tasks_frame
+from ifl.stage import write_json_atomic
 from ifl.translate.run import TranslationError, Translator, translate_texts
 
 log = logging.getLogger(__name__)
@@ -135,12 +136,7 @@ def translate_llava_json(src_path: str | os.PathLike, out_path: str | os.PathLik
     written atomically (temp file + rename) so a crash never leaves half a file."""
     records = json.loads(Path(src_path).read_text(encoding="utf-8"))
     out = translate_conversations(records, tgt, translator, store, **kwargs)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_suffix(out_path.suffix + ".tmp")
-    tmp.write_text(json.dumps(out, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, out_path)
-    return out_path
+    return write_json_atomic(Path(out_path), out, indent=None)
 
 
 def new_task_id(task_id: str, src: str, tgt: str) -> str:

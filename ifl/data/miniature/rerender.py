@@ -29,6 +29,7 @@ from ifl.data.miniature.lexicon import _WORD, segment
 from ifl.data.miniature.render import Untranslated, render_act, render_turn
 from ifl.data.miniature.scenes import COLORS, POSITIONS, SHAPES
 from ifl.data.miniature.tasks import check_langs
+from ifl.stage import write_json_atomic
 
 CORRUPTIONS: tuple[str, ...] = ("wrong_word", "drop_word", "untranslated")
 _VALUES = {"color": tuple(COLORS), "shape": SHAPES, "pos": POSITIONS, "n": (1, 2, 3),
@@ -161,10 +162,5 @@ def rerender_file(in_path: str | os.PathLike, out_path: str | os.PathLike, targe
     """Re-render a captions/instruct JSON file written by `write_training_data` (atomic write).
     Image paths stay as they are, so the translated file uses the same images folder."""
     records = json.loads(Path(in_path).read_text(encoding="utf-8"))
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(rerender_records(records, target_lang, error_rate, seed),
-                              ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return write_json_atomic(Path(out_path), rerender_records(records, target_lang, error_rate, seed),
+                             indent=None)

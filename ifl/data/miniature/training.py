@@ -25,6 +25,7 @@ from ifl.data.miniature import content
 from ifl.data.miniature.render import render_turn
 from ifl.data.miniature.scenes import render_png, sample_scene
 from ifl.data.miniature.tasks import check_langs
+from ifl.stage import write_json_atomic
 
 IMAGE = {"act": "image"}
 HINT = {"act": "hint_short"}
@@ -78,10 +79,7 @@ def instruct_record(i: int, seed: int, image_size: int = 32) -> dict:
 
 
 def _write_json(records: list[dict], path: Path) -> Path:
-    tmp = path.with_suffix(".json.tmp")   # temp file + rename: never half a file on disk
-    tmp.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(path, records, indent=None)  # temp file + rename: never half a file
 
 
 def write_training_data(out_dir: str | os.PathLike, n_caption: int, n_instruct: int, seed: int,
