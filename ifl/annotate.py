@@ -134,6 +134,12 @@ def export_sheet(sample: pd.DataFrame, path: str | os.PathLike, *, lang_col: str
     sheet["response"] = _as_text(sample[response_col])
     for column in LABEL_COLUMNS:
         sheet[column] = ""
+    return write_sheet(sheet, path)
+
+
+def write_sheet(sheet: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write a sheet as export_sheet does: every text cell quoted (a lone carriage return in a
+    model's answer would otherwise split its row when read back), UTF-8 with a byte-order mark."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.to_csv(path, index=False, encoding="utf-8-sig", quoting=csv.QUOTE_NONNUMERIC)
@@ -246,5 +252,5 @@ def _row_labels(row, where: str) -> dict[str, str]:
 
 
 __all__ = ["annotation_weights", "inclusion_probabilities", "systematic_pps",
-           "annotation_sample", "export_sheet", "import_sheet", "answer_language_name",
+           "annotation_sample", "export_sheet", "write_sheet", "import_sheet", "answer_language_name",
            "SheetError", "PAPER_LANG_WEIGHTS"]

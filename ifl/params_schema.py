@@ -171,11 +171,158 @@ class TrainVariants(Block):
     gradient_checkpointing: bool = True
 
 
+def _default_llava_sources() -> dict[str, str]:
+    return _default_sources(("llava-1.5-7b", "llava-1.5-13b", "bakllava", "llava-gemma-2b"))
+
+
+class CollectResponses(Block):
+    """03_collect_responses: every model x task x condition, greedy, batched, resumable."""
+    models: list[str] = Field(["variants"], min_length=1, description=(
+        "models to evaluate: names in `model_sources` (off-the-shelf LLaVAs, Figure 1) and/or "
+        "'variants' = every variant notebook 02 trained (Table 4)"))
+    model_sources: SourceMap = Field(default_factory=_default_llava_sources, description=(
+        "off-the-shelf model name (a row of ifl/models.yaml) -> hub id or local folder"))
+    model_revisions: dict[str, str] = Field(default_factory=dict, description=(
+        "model name -> commit SHA; absent = the pin in ifl/models.yaml"))
+    conditions: list[Literal["image", "text"]] = Field(["image", "text"], min_length=1, description=(
+        "image: the image with the question; text: its description replaces the image"))
+    benchmarks: list[str] | None = Field(None, description="null = every benchmark in notebook 01's tasks")
+    max_tasks_per_cell: int | None = Field(None, ge=1, description=(
+        "at most N tasks per benchmark x language (the same parallel items in every language); "
+        "null = all"))
+    max_new_tokens: int = Field(256, ge=1, le=8192)
+    batch_size: int = Field(16, ge=1, le=4096, description="halved on CUDA out-of-memory")
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    quantization: Literal["none", "4bit", "8bit"] = Field("4bit", description=(
+        "4bit = NF4 via bitsandbytes (one 24 GB GPU); none = dtype as is"))
+    threads: int = Field(2, ge=1, le=256, description="CPU threads (miniature)")
+
+
+class ScoreLanguages(Block):
+    """04_score_languages: response language (GlotLID), fidelity, the annotation sample."""
+    glotlid_source: Source = Field("cis-lmu/glotlid", description=(
+        "GlotLID v3: hub repo (file model_v3.bin) or a local model_v3.bin"))
+    glotlid_revision: Revision = None
+    identifier: Literal["auto", "glotlid", "fallback"] = Field("auto", description=(
+        "auto: GlotLID v3 if it can be had, else fastText lid.176 (said in the outputs)"))
+    annotation_n: int = Field(1000, ge=1, description="size of the stratified annotation sample")
+    annotation_sheet: str | None = Field(None, description=(
+        "a filled annotation sheet (CSV) to import; null = export the sheet for annotators"))
+    simulate_annotations: bool = Field(False, description=(
+        "paper-smoke only: fill the exported sheet with a stand-in annotator (the fallback "
+        "identifier) so that the import and DSL paths run; its labels mean nothing"))
+    mini_annotator_error_rate: float = Field(0.0, ge=0.0, le=1.0, description=(
+        "miniature: chance that the simulated annotator names a wrong language"))
+    judge_endpoint: str | None = Field(None, description=(
+        "optional OpenAI-compatible endpoint of an accuracy judge (paper: GPT-4o); off by default"))
+    judge_model: str | None = None
+
+
+class DslRegressions(Block):
+    """05_dsl_regressions: Figure 1 and Table 4 with design-based supervised learning."""
+    learner: Literal["forest", "linear", "logistic"] = Field("forest", description=(
+        "DSL's learner g of gold from the surrogate, condition, language, benchmark, length and "
+        "model (forest ~ the R package's grf default)"))
+    cross_fit: int = Field(5, ge=2, le=50, description="folds K of the cross-fitting (R: 5)")
+    sample_split: int = Field(10, ge=1, le=100, description=(
+        "repeated fold draws S, combined by the median rule (R: 10)"))
+    level: float = Field(0.95, gt=0.5, lt=1.0, description="confidence level of every interval")
+    pooled: bool = Field(True, description=(
+        "one saturated DSL fit per figure (y ~ 0 + group + group:image: the same per-group "
+        "effects, but g learns from all labeled rows) instead of one fit per model x benchmark"))
+    cluster: Literal["parallel_id", "task_id", "none"] = Field("parallel_id", description=(
+        "cluster of the SEs and of the folds: the parallel item (same image and question in both "
+        "conditions and every language), the task (one language), or none (rows)"))
+    min_clusters: int = Field(20, ge=2, description=(
+        "with fewer clusters, fall back to the next finer clustering (parallel_id -> task_id -> rows)"))
+    min_labeled: int = Field(5, ge=1, description=(
+        "groups (and Table 4 factor levels) with fewer labeled rows in either condition are "
+        "reported as skipped, not estimated"))
+    main_effects: bool = Field(True, description=(
+        "Table 4 with the factors' main effects (text-condition differences between models); the "
+        "paper's equation lists only Image and the Image x factor interactions"))
+
+
+class UmapCka(Block):
+    """06_umap_cka: where image tokens sit among text tokens (UMAP, Fig. 2 left), and how alike
+    two variants embed the same images, layer by layer (CKA, Fig. 2 centre and right)."""
+    umap_model: str = Field("vicuna-clip-en", description=(
+        "model whose LLM-input embeddings are embedded: a variant of notebook 02 or a name in "
+        "`model_sources`"))
+    model_sources: SourceMap = Field(default_factory=dict, description=(
+        "off-the-shelf model name (a row of ifl/models.yaml) -> hub id or local folder"))
+    umap_site: int = Field(0, ge=0, description=(
+        "0 = the LLM's input (projector output / embedding table); l + 1 = output of decoder layer l"))
+    umap_images: int = Field(50, ge=2, le=100_000, description="distinct images whose tokens are embedded")
+    umap_image_tokens: int = Field(32, ge=1, description="image tokens drawn per image (seeded)")
+    umap_questions: int = Field(50, ge=1, le=100_000, description="questions per language")
+    umap_text_tokens: int | None = Field(None, ge=1, description="text tokens per question; null = all")
+    umap_n_neighbors: int = Field(15, ge=2, le=200)
+    umap_min_dist: float = Field(0.1, ge=0.0, le=1.0)
+    umap_metric: Literal["cosine", "euclidean"] = Field("cosine", description=(
+        "cosine: image and text tokens differ a lot in norm; euclidean is the robustness check"))
+    cka_pair: list[str] = Field(["yi-clip-zh", "leo-clip-de"], min_length=2, max_length=2, description=(
+        "two variants of notebook 02 (the paper: LLaVA-Yi trained in Chinese, LLaVA-Leo in German)"))
+    cka_images: int = Field(50, ge=4, le=100_000, description="images fed to both models")
+    cka_image_tokens: int = Field(32, ge=1, description=(
+        "image-token positions per image (the same in both models); examples n = images x tokens"))
+    cka_threshold: float = Field(0.5, gt=0, description=(
+        "RBF bandwidth: sigma = threshold x sqrt(median squared distance) (Kornblith's demo: 0.5)"))
+    cka_prompt_lang: Lang = Field("en", description="language of the question beside each image")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    quantization: Literal["none", "4bit", "8bit"] = "none"
+    batch_size: int = Field(8, ge=1, le=4096)
+    threads: int = Field(2, ge=1, le=256, description="CPU threads (miniature)")
+
+
+class Steering(Block):
+    """07_steering: the training-free remedy (§5.3): a_lang = LLM_l(x_lang) - LLM_l(x_en) added
+    to decoder layer l's output at every generated token, image condition only."""
+    models: list[str] = Field(["variants"], min_length=1, description=(
+        "models of notebook 03's models.csv to steer; 'variants' = all its variants"))
+    steer_languages: list[Lang] | None = Field(None, description=(
+        "query languages to steer; null = common.languages without English (a_en = 0)"))
+    benchmarks: list[str] | None = Field(None, description="null = every benchmark notebook 03 answered")
+    max_tasks_per_cell: int | None = Field(None, ge=1, description=(
+        "at most N of notebook 03's tasks per benchmark x language (seeded); null = all"))
+    prompt_source: Literal["table", "miniature"] = Field("table", description=(
+        "x_lang: ifl/data/steering_prompts.csv, or the miniature's own 'describe in detail' "
+        "sentence (its LMs know only their lexicon)"))
+    prompt_version: int | None = Field(None, ge=1, description="row version in the table; null = newest")
+    prompt_template: bool = Field(False, description=(
+        "read LLM_l(x) on x wrapped in the model's chat turn instead of the raw sentence"))
+    layer: int | None = Field(None, ge=0, description=(
+        "0-based decoder layer whose output is steered (== hidden_states[layer + 1]); null = n_layers // 3"))
+    scale: float = Field(1.0, description="multiplier of a_lang (the paper's formula has none)")
+    pooling: Literal["mean", "last"] = Field("mean", description=(
+        "mean over x's tokens without BOS, or its last token"))
+    massive_factor: float | None = Field(None, gt=1, description=(
+        "also leave out tokens whose norm exceeds this many times the median (massive activations)"))
+    positions: Literal["generated", "all"] = Field("generated", description=(
+        "generated: absolute positions >= P - 1 (every generated token); all: the prompt too"))
+    max_new_tokens: int = Field(256, ge=1, le=8192, description="keep equal to notebook 03's")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("bfloat16", description="as notebook 03")
+    quantization: Literal["none", "4bit", "8bit"] = Field("4bit", description="as notebook 03")
+    batch_size: int = Field(16, ge=1, le=4096)
+    sweep_depths: list[Annotated[float, Field(ge=0, lt=1)]] = Field(default_factory=list, description=(
+        "layer sweep as fractions of the depth: layer = floor(f x n_layers), so one list fits "
+        "models of any depth (empty = no sweep)"))
+    sweep_model: str | None = Field(None, description="model of the sweep; null = the first steered model")
+    sweep_tasks_per_cell: int = Field(10, ge=1, description="tasks per benchmark x language in the sweep")
+    threads: int = Field(2, ge=1, le=256, description="CPU threads (miniature)")
+
+
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     common: Common = Field(default_factory=Common)
     translate_data: TranslateData = Field(default_factory=TranslateData, alias="01_translate_data")
     train_variants: TrainVariants = Field(default_factory=TrainVariants, alias="02_train_variants")
+    collect_responses: CollectResponses = Field(default_factory=CollectResponses,
+                                                alias="03_collect_responses")
+    score_languages: ScoreLanguages = Field(default_factory=ScoreLanguages, alias="04_score_languages")
+    dsl_regressions: DslRegressions = Field(default_factory=DslRegressions, alias="05_dsl_regressions")
+    umap_cka: UmapCka = Field(default_factory=UmapCka, alias="06_umap_cka")
+    steering: Steering = Field(default_factory=Steering, alias="07_steering")
 
 
 # section name in params files -> its model (runner and error messages use these names)

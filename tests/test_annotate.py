@@ -194,3 +194,18 @@ def test_import_missing_columns(sample, tmp_path):
     pd.DataFrame({"id": list(sample.index), "answer_language": "de"}).to_csv(path, index=False)
     with pytest.raises(SheetError, match=r"cols.csv: missing column\(s\) \['matches_gold'"):
         import_sheet(path, sample)
+
+
+def test_rewritten_sheet_keeps_rows_with_carriage_returns(tmp_path):
+    """A model's answer with a lone carriage return must not split its row when a filled sheet
+    is written back (write_sheet quotes every text cell)."""
+    from ifl.annotate import write_sheet
+
+    sample = pd.DataFrame({"lang": ["de", "en"], "question": ["Was?", "What?"],
+                           "response": ["eins\rzwei", "one"]}, index=[5, 9])
+    path = export_sheet(sample, tmp_path / "s.csv")
+    sheet = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    sheet["answer_language"] = ["de", "en"]
+    write_sheet(sheet, path)
+    labels = import_sheet(path, sample)
+    assert labels["labeled"].all() and labels["fidelity"].tolist() == [True, True]

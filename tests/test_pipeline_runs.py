@@ -8,26 +8,17 @@ import pytest
 import yaml
 
 from ifl import runner
+from conftest import SMALL, run
 from ifl.data.schema import read_tasks
 from ifl.params import load_params
-
-SMALL = [f"-p{o}" for o in (
-    "01_translate_data.mini_scenes=12", "01_translate_data.mini_caption_records=60",
-    "01_translate_data.mini_instruct_records=60",
-    "02_train_variants.mini_lm_steps=20", "02_train_variants.mini_tower_steps=10",
-    "02_train_variants.mini_stage1_steps=3", "02_train_variants.mini_stage2_steps=3",
-    "02_train_variants.mini_eval_scenes=3", "02_train_variants.mini_lm_eval_scenes=2",
-    "02_train_variants.mini_tower_probe_scenes=40")]
-
-
-def run(params_file: str, out: Path, *extra: str) -> int:
-    return runner.main([params_file, "-p", f"common.output_root={out}", *extra])
-
 
 def test_paper_smoke_differs_from_paper_only_in_stand_ins():
     paper = yaml.safe_load(Path("params/paper.yaml").read_text())
     smoke = yaml.safe_load(Path("params/paper-smoke.yaml").read_text())
-    allowed = {("common", "run_name"), ("common", "device"), ("common", "make_smoke_assets")}
+    allowed = {("common", "run_name"), ("common", "device"), ("common", "make_smoke_assets"),
+               ("04_score_languages", "simulate_annotations"),
+               ("03_collect_responses", "max_new_tokens"), ("07_steering", "max_new_tokens"),
+               ("07_steering", "steer_languages"), ("07_steering", "sweep_depths")}
     for section, block in paper.items():
         assert set(block) == set(smoke[section]), section
         for key, value in block.items():
@@ -36,13 +27,6 @@ def test_paper_smoke_differs_from_paper_only_in_stand_ins():
                 leaves = stand_in.values() if isinstance(stand_in, dict) else [stand_in]
                 local = all(str(v).startswith("./smoke_assets/") for v in leaves)
                 assert (section, key) in allowed or local, key
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("smoke")
-    assert run("params/paper-smoke.yaml", out) == 0
-    return out / "runs" / "paper-smoke"
 
 
 def test_paper_smoke_translate_data(smoke_run):
@@ -71,8 +55,8 @@ def test_paper_smoke_train_variants(smoke_run):
     assert type(model).__name__ == "LlavaForConditionalGeneration"
 
 
-def test_default_run_small(tmp_path):
-    assert run("params/default.yaml", tmp_path, *SMALL) == 0
+def test_default_run_small(default_small_run):
+    tmp_path = default_small_run.output_root
     stage = tmp_path / "runs/default/01_translate_data"
     tasks = read_tasks(stage / "tasks.parquet")
     assert len(tasks) == 12 * 2 * 6  # scenes x benchmarks x languages

@@ -1,0 +1,116 @@
+"""Notebook 03: which models answer which tasks, and collecting their responses.
+
+Both worlds run the same loop: every model of the run (off-the-shelf LLaVAs for Figure 1, the
+variants notebook 02 trained for Table 4) answers every selected task in every condition through
+`ifl.collect.collect_responses`, which resumes after any interruption. A model whose responses
+are all stored is not even loaded again.
+"""
+from __future__ import annotations
+
+import gc
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ifl.collect import collect_responses, load_responses
+from ifl.models import model_info, template_for
+from ifl.params_schema import CollectResponses
+from ifl.prepare_variants import MINI_TEMPLATE, torch_threads
+
+MODEL_COLUMNS = ["model", "kind", "source", "revision", "template", "llm", "vision", "data_lang"]
+
+
+def models_table(p: CollectResponses, world: str, variants: pd.DataFrame | None) -> pd.DataFrame:
+    """One row per model to evaluate (MODEL_COLUMNS). 'variants' expands to notebook 02's
+    variants (variants.csv), whose design facts (llm, vision, data_lang) Table 4 regresses on."""
+    rows = []
+    for name in p.models:
+        if name == "variants":
+            if variants is None:
+                raise FileNotFoundError("03_collect_responses.models lists 'variants' but notebook 02 "
+                                        "has no variants.csv: run notebook 02 first")
+            for v in variants.itertuples():
+                # miniature LMs were pretrained in one chat format; real LLMs keep their own
+                tmpl = MINI_TEMPLATE if world == "miniature" else template_for(v.llm).name
+                rows.append(dict(model=v.variant, kind="variant", source=v.model_dir, revision=None,
+                                 template=tmpl, llm=v.llm, vision=v.vision, data_lang=v.data_lang))
+            continue
+        if name not in p.model_sources:
+            raise KeyError(f"03_collect_responses.models names {name!r}, which has no entry in "
+                           f"03_collect_responses.model_sources (known: {', '.join(p.model_sources)})")
+        info = model_info(name)
+        rows.append(dict(model=name, kind="llava", source=p.model_sources[name],
+                         revision=p.model_revisions.get(name, info.revision),
+                         template=template_for(name).name, llm=info.llm, vision=info.vision,
+                         data_lang="en"))  # the off-the-shelf models were trained on English data
+    table = pd.DataFrame(rows, columns=MODEL_COLUMNS)
+    dup = table["model"].duplicated()
+    if dup.any():
+        raise ValueError(f"model {table.loc[dup, 'model'].iloc[0]!r} is listed twice in "
+                         "03_collect_responses.models")
+    return table
+
+
+def select_tasks(tasks: pd.DataFrame, *, benchmarks: list[str] | None, max_per_cell: int | None,
+                 languages: list[str], seed: int) -> pd.DataFrame:
+    """The tasks to answer: chosen benchmarks and languages; with `max_per_cell`, at most that many
+    parallel items per benchmark, drawn with `seed` and the same in every language (so image and
+    language effects are compared on the same content)."""
+    if benchmarks is not None:
+        unknown = sorted(set(benchmarks) - set(tasks["benchmark"]))
+        if unknown:
+            raise KeyError(f"03_collect_responses.benchmarks: {unknown} not in notebook 01's tasks "
+                           f"(there: {sorted(tasks['benchmark'].unique())})")
+        tasks = tasks[tasks["benchmark"].isin(benchmarks)]
+    tasks = tasks[tasks["lang"].isin(languages)]
+    if max_per_cell is not None:
+        rng = np.random.default_rng(seed)
+        keep = []
+        for _, part in tasks.groupby("benchmark", sort=True):
+            ids = np.array(sorted(part["parallel_id"].unique()))
+            keep.extend(rng.permutation(ids)[:max_per_cell].tolist())
+        tasks = tasks[tasks["parallel_id"].isin(keep)]
+    return tasks.sort_values("task_id").reset_index(drop=True)
+
+
+def missing_pairs(out_dir: Path, model: str, tasks: pd.DataFrame, conditions) -> int:
+    """How many (task, condition) responses of `model` are not stored yet."""
+    have = load_responses(out_dir, model)
+    done = set(zip(have["task_id"], have["condition"]))
+    return sum((t, c) not in done for t in tasks["task_id"] for c in conditions)
+
+
+def collect_all(models: pd.DataFrame, tasks: pd.DataFrame, out_dir: Path, p: CollectResponses, *,
+                device: str, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(responses, timing): every model's responses (stored ones read back), one row per
+    model x task x condition, and a per-model timing summary."""
+    from ifl.models import load_llava
+
+    frames, timing = [], []
+    quantization = None if p.quantization == "none" else p.quantization
+    with torch_threads(p.threads if device == "cpu" else None):
+        for row in models.itertuples():
+            todo = missing_pairs(out_dir, row.model, tasks, p.conditions)
+            start = time.perf_counter()
+            if todo:
+                model, processor = load_llava(row.source, revision=row.revision, dtype=p.dtype,
+                                              quantization=quantization, device=device)
+                df = collect_responses(model, processor, tasks, model_name=row.model,
+                                       template=row.template, conditions=tuple(p.conditions),
+                                       max_new_tokens=p.max_new_tokens, batch_size=p.batch_size,
+                                       out_dir=out_dir, progress=progress)
+                del model, processor
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            else:
+                df = load_responses(out_dir, row.model)
+                df = df[df["task_id"].isin(set(tasks["task_id"])) & df["condition"].isin(p.conditions)]
+            timing.append(dict(model=row.model, generated_now=todo, stored=len(df) - todo,
+                               wall_s=round(time.perf_counter() - start, 1),
+                               mean_new_tokens=float(df["n_new_tokens"].mean()) if len(df) else np.nan))
+            frames.append(df)
+    return pd.concat(frames, ignore_index=True), pd.DataFrame(timing)

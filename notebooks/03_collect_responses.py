@@ -1,0 +1,162 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python (ifl)
+#     language: python
+#     name: ifl
+# ---
+
+# %% [markdown]
+# # 03 · Collect responses
+#
+# *Companion to Hinck et al. (2024), §3.1 and appendix A.*
+#
+# The paper's measurement rests on a controlled contrast. Every task is asked twice:
+#
+# - **image**: the question with the image (`<image>` expanded to the vision tokens);
+# - **text**: the same question with a text *description* of the image in its place, the
+#   condition in which the model is a plain language model.
+#
+# If a model answers a Hindi question in Hindi when given a Hindi description but in English when
+# given the image, the image itself moved the reply into English: *image-induced fidelity loss*
+# (IFL). Notebook 04 identifies each response's language; notebook 05 estimates the effect.
+#
+# Generation is greedy (deterministic) with a fixed token limit. The paper spent ~900 GPU hours
+# on ~730k completions, about 4.4 s each, one query at a time. Here completions are batched
+# (left padding, batches sorted by prompt length, batch size halved on CUDA out-of-memory), and
+# the work is **resumable**: responses are written in atomic parquet parts under
+# `runs/<run>/responses/<model>/`, so an interrupted run (Ctrl-C, `kill -9`, a lost machine)
+# continues where it stopped and yields exactly the rows of an uninterrupted one. A model whose
+# responses are all stored is not loaded again. To spread one model over N processes, run
+# `collect_responses(..., shard=(i, N))` in each (or under `accelerate launch`), then
+# `merge_shards`; see `ifl/collect/`.
+#
+# **Choices where the paper is silent** (all params): the token limit (`max_new_tokens`; the
+# paper does not give it), the chat template per model (`ifl/models.yaml`: LLaVA-1.5 and BakLLaVA
+# with `USER: <image>\n... ASSISTANT:`, LLaVA-Gemma with Gemma's chat turns), the image (or
+# description) placed before the question as LLaVA-1.5 was trained, and the description's
+# language (notebook 01's `description_lang`: the query's own language by default).
+#
+# In the **miniature**, the models are the 14 variants of notebook 02 and the tasks the
+# `shapes_vqa` (short answers, like MaXM) and `shapes_describe` (long answers, like LLaVA-W and
+# VisIT) benchmarks in six languages.
+
+# %% tags=["parameters"]
+# Defaults = params/default.yaml; the runner injects the params file's values below this cell.
+run_name = "default"
+seed = 0
+world = "miniature"
+languages = ["en", "de", "zh", "ru", "hi", "ar"]
+device = "cpu"
+output_root = "."
+make_smoke_assets = False
+models = ["variants"]
+model_sources = {}
+model_revisions = {}
+conditions = ["image", "text"]
+benchmarks = None
+max_tasks_per_cell = 60
+max_new_tokens = 32
+batch_size = 64
+dtype = "float32"
+quantization = "none"
+threads = 2
+
+# %%
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+from IPython.display import display
+
+from ifl import prepare_collect
+from ifl.data.schema import read_tasks
+from ifl.params import from_notebook
+from ifl.stage import open_stage
+
+common, p = from_notebook(globals(), "03_collect_responses")
+stage = open_stage("03_collect_responses", output_root=common.output_root, run_name=common.run_name)
+tasks_dir = stage.require("01_translate_data", "tasks.parquet")
+all_tasks = read_tasks(tasks_dir / "tasks.parquet")
+variants_csv = stage.run_dir / "02_train_variants" / "variants.csv"
+variants = pd.read_csv(variants_csv) if variants_csv.exists() else None
+device = ("cuda" if torch.cuda.is_available() else "cpu") if common.device == "auto" else common.device
+responses_dir = stage.run_dir / "responses"  # shared with notebook 07's steered runs
+
+# %% [markdown]
+# ## Models and tasks
+
+# %%
+models = prepare_collect.models_table(p, common.world, variants)
+models.to_csv(stage.path("models.csv"), index=False)
+display(models.drop(columns=["revision"]))
+
+tasks = prepare_collect.select_tasks(all_tasks, benchmarks=p.benchmarks,
+                                     max_per_cell=p.max_tasks_per_cell,
+                                     languages=common.languages, seed=common.seed)
+n_total = len(models) * len(tasks) * len(p.conditions)
+display(tasks.pivot_table(index="lang", columns="benchmark", values="task_id", aggfunc="count",
+                          fill_value=0))
+print(f"{len(models)} models x {len(tasks)} tasks x {len(p.conditions)} conditions = "
+      f"{n_total:,} completions; up to {p.max_new_tokens} new tokens each, batch {p.batch_size}, "
+      f"{p.dtype}" + ("" if p.quantization == "none" else f", {p.quantization}") + f", on {device}")
+
+# %% [markdown]
+# ## Generation
+# Stored responses are read back; only missing ones are generated (the table says which).
+
+# %%
+responses, timing = prepare_collect.collect_all(models, tasks, responses_dir, p, device=device)
+responses.to_parquet(stage.path("responses.parquet"), index=False)
+timing.to_csv(stage.path("timing.csv"), index=False)
+display(timing)
+
+# %% [markdown]
+# ## What came back
+# Length of the answers by benchmark and condition (new tokens), and how long generation took
+# per completion (stored rows keep the time measured when they were made).
+
+# %%
+summary = (responses.merge(tasks[["task_id", "benchmark"]], on="task_id")
+           .groupby(["benchmark", "condition"])
+           .agg(completions=("response", "size"), mean_new_tokens=("n_new_tokens", "mean"),
+                empty=("response", lambda s: int((s.str.strip() == "").sum())),
+                hit_limit=("n_new_tokens", lambda s: float((s >= p.max_new_tokens).mean())),
+                s_per_completion=("seconds", "mean")))
+display(summary.round(3))
+
+per_model = responses.groupby("model")["seconds"].mean().sort_values()
+fig, ax = plt.subplots(figsize=(7, 0.25 * len(per_model) + 1))
+per_model.plot.barh(ax=ax)
+ax.set_xlabel(f"seconds per completion ({device}, batch {p.batch_size})")
+stage.save_figure(fig, "03_seconds_per_completion")
+plt.show()
+
+# %% [markdown]
+# ## One item in every language
+# The same parallel item answered by the first model, with the image and with the description.
+
+# %%
+first = models["model"].iloc[0]
+item = tasks["parallel_id"].iloc[0]
+example = (responses[responses["model"] == first]
+           .merge(tasks[["task_id", "parallel_id", "lang", "question"]], on="task_id")
+           .query("parallel_id == @item")
+           .pivot_table(index=["lang", "question"], columns="condition", values="response",
+                        aggfunc="first"))
+with pd.option_context("display.max_colwidth", 80):
+    display(example)
+
+# %% [markdown]
+# ## Summary
+
+# %%
+generated = int(timing["generated_now"].sum())
+headline = (f"{len(responses):,} responses from {len(models)} models "
+            f"({generated:,} generated now in {timing['wall_s'].sum() / 60:.1f} min)")
+stage.finish(headline, n_responses=len(responses), n_models=len(models), n_tasks=len(tasks),
+             generated_now=generated, device=device, responses_dir=str(responses_dir))
+print(headline)

@@ -1,0 +1,54 @@
+"""Notebook 05 (DSL regressions) end to end in both worlds (the session's runs)."""
+import json
+
+import pandas as pd
+
+FILES = ["figure1_ifl.csv", "ifl_by_language.csv", "table4.csv", "table4_vs_paper.csv",
+         "table4_other_specification.csv", "stage.json"]
+FIGURES = ["05_figure1_ifl", "05_ifl_by_language", "05_table4_design_effects"]
+
+
+def _sane(effects: pd.DataFrame) -> None:
+    """Every DSL row is either an estimate inside its interval or a row saying why not."""
+    dsl = effects[effects["estimator"] == "dsl"]
+    done = dsl["estimate"].notna()
+    assert (dsl.loc[done, "ci_low"] <= dsl.loc[done, "estimate"]).all()
+    assert (dsl.loc[done, "estimate"] <= dsl.loc[done, "ci_high"]).all()
+    assert dsl.loc[~done, "note"].fillna("").astype(str).str.match(r"(skipped|not estimated|not in the design)").all()
+
+
+def test_paper_smoke_estimates_figure1_for_the_off_the_shelf_models(smoke_run):
+    stage = smoke_run / "05_dsl_regressions"
+    assert all((stage / f).exists() for f in FILES)
+    root = smoke_run.parent.parent
+    assert all((root / "paper_figures/paper-smoke" / f"{f}.png").exists() for f in FIGURES)
+    fig1 = pd.read_csv(stage / "figure1_ifl.csv")
+    cells = fig1[fig1["estimator"] == "dsl"][["model", "benchmark"]].drop_duplicates()
+    assert set(cells["model"]) == {"llava-1.5-7b", "llava-1.5-13b", "bakllava", "llava-gemma-2b"}
+    assert len(cells) == 4 * fig1["benchmark"].nunique()
+    assert "oracle" not in set(fig1["estimator"])  # no truth in the paper world
+    assert fig1["paper"].notna().any()  # the paper's reported cells sit beside ours
+    _sane(fig1)
+    t4 = pd.read_csv(stage / "table4.csv")
+    assert set(t4["language_set"]) == {"Chinese", "German"} and set(t4["outcome"]) == {"fidelity", "accuracy"}
+    _sane(t4)
+    record = json.loads((stage / "stage.json").read_text())
+    assert "Table 4 Chinese" in record["headline"]
+
+
+def test_default_small_estimates_the_variants_against_the_oracle(default_small_run):
+    stage = default_small_run / "05_dsl_regressions"
+    assert all((stage / f).exists() for f in FILES)
+    fig1 = pd.read_csv(stage / "figure1_ifl.csv")
+    cells = fig1[fig1["estimator"] == "dsl"][["model", "benchmark"]].drop_duplicates()
+    assert len(cells) == 14 * 2  # every variant x benchmark: estimated or skipped with a note
+    _sane(fig1)
+    assert {"dsl", "naive", "oracle"} <= set(fig1["estimator"])  # SMALL: min_labeled=1 estimates some
+    t4 = pd.read_csv(stage / "table4.csv")
+    _sane(t4)
+    beside = pd.read_csv(stage / "table4_vs_paper.csv")
+    assert len(beside) == 6 and beside["fidelity_paper"].notna().all()
+    record = json.loads((stage / "stage.json").read_text())
+    assert record["headline"].startswith("Fig. 1")
+    index = (default_small_run.output_root / "rendered/default/index.html").read_text()
+    assert "Table 4 German" in index

@@ -1,0 +1,216 @@
+"""Notebook 05's logic (ifl/prepare_dsl.py) on small synthetic data with a known truth."""
+from __future__ import annotations
+
+import doctest
+
+import numpy as np
+import pandas as pd
+import pytest
+import statsmodels.api as sm
+
+from ifl import prepare_dsl
+from ifl.params_schema import DslRegressions
+
+FAST = DslRegressions(learner="linear", cross_fit=5, sample_split=2, min_clusters=10, min_labeled=5)
+VARIANTS = [(llm, vision, data) for llm in ("vicuna", "yi", "leo") for vision in ("clip", "dinov2")
+            for data in ("en", "zh", "de")
+            if not (llm == "yi" and data == "de") and not (llm == "leo" and data == "zh")]
+
+
+def true_ifl(llm: str, vision: str, data: str, lang: str) -> float:
+    """The simulated image effect on fidelity: -0.5 for Vicuna/CLIP/English, +0.2 with the
+    target-language LLM, -0.1 with DINOv2, +0.3 with target-language data."""
+    target = {"zh": "yi", "de": "leo"}.get(lang)
+    return (-0.5 + 0.2 * (llm == target) - 0.1 * (vision == "dinov2")
+            + 0.3 * (data == lang and lang != "en"))
+
+
+def synthetic(n_items: int = 60, langs=("zh", "de"), variants=VARIANTS, label_share: float = 0.4,
+              seed: int = 0) -> pd.DataFrame:
+    """scored.parquet-shaped rows: every variant x item x language x condition. The surrogate
+    misreads short (image-condition) answers as the wrong language 30% of the time, so a naive
+    IFL is too negative; labels are a Poisson sample, German oversampled 2x."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for llm, vision, data in variants:
+        for item in range(n_items):
+            for lang in langs:
+                for image in (0, 1):
+                    rows.append({"model": f"{llm}-{vision}-{data}", "kind": "variant", "llm": llm,
+                                 "vision": vision, "data_lang": data, "benchmark": "bench",
+                                 "parallel_id": f"p{item}", "task_id": f"p{item}-{lang}",
+                                 "lang": lang, "image": image,
+                                 "p_true": 0.95 + image * true_ifl(llm, vision, data, lang)})
+    df = pd.DataFrame(rows)
+    n = len(df)
+    df["fidelity_true"] = (rng.random(n) < df["p_true"]).astype(float)
+    df["n_new_tokens"] = np.where(df["image"] == 1, 3, 20)
+    misread = (df["n_new_tokens"] < 5) & (rng.random(n) < 0.3)
+    df["fidelity_lid"] = np.where(misread, 0, df["fidelity_true"]).astype(int)
+    df["correct_true"] = (rng.random(n) < 0.5 - 0.2 * df["image"]).astype(float)
+    df["correct_surrogate"] = np.where(rng.random(n) < 0.1, 1 - df["correct_true"], df["correct_true"])
+    weight = np.where(df["lang"] == "de", 2.0, 1.0)
+    df["sample_prob"] = np.clip(label_share * n * weight / weight.sum(), 1e-6, 1)
+    df["labeled"] = (rng.random(n) < df["sample_prob"]).astype(int)
+    for gold, truth in (("fidelity_gold", "fidelity_true"), ("correct_gold", "correct_true")):
+        df[gold] = df[truth].where(df["labeled"] == 1)
+    return df.drop(columns="p_true")
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic()
+
+
+def test_doctests():
+    assert doctest.testmod(prepare_dsl).failed == 0
+
+
+def test_ols_matches_statsmodels_cluster_and_weights(data):
+    d = data.iloc[:600]
+    ours = prepare_dsl.ols(d.assign(y=d["fidelity_true"]), "y ~ image", cluster="parallel_id")
+    X = sm.add_constant(d["image"].astype(float))
+    ref = sm.OLS(d["fidelity_true"], X).fit(cov_type="cluster", cov_kwds={
+        "groups": pd.factorize(d["parallel_id"])[0], "use_correction": False, "df_correction": False})
+    np.testing.assert_allclose(ours["estimate"], ref.params, atol=1e-10)
+    np.testing.assert_allclose(ours["se"], ref.bse, rtol=1e-8)
+    w = 1 / d["sample_prob"].to_numpy()
+    ours_w = prepare_dsl.ols(d.assign(y=d["fidelity_true"]), "y ~ image", weights=w)
+    ref_w = sm.WLS(d["fidelity_true"], X, weights=w).fit(cov_type="HC0")
+    np.testing.assert_allclose(ours_w["estimate"], ref_w.params, atol=1e-10)
+    np.testing.assert_allclose(ours_w["se"], ref_w.bse, rtol=1e-8)
+
+
+def test_choose_cluster_falls_back_to_finer_levels(data):
+    assert prepare_dsl.choose_cluster(data, "parallel_id", 10) == ("parallel_id", "parallel_id (60)")
+    assert prepare_dsl.choose_cluster(data, "parallel_id", 100) == ("task_id", "task_id (120)")
+    col, note = prepare_dsl.choose_cluster(data, "parallel_id", 10**6)
+    assert col is None and note == f"rows ({len(data)})"
+
+
+def test_group_effects_recover_a_known_ifl_where_the_naive_estimate_is_biased(data):
+    sub = data[data["model"].isin(["vicuna-clip-en", "yi-clip-zh"]) & (data["lang"] == "zh")]
+    eff = prepare_dsl.group_effects(sub, ["model"], prepare_dsl.OUTCOMES["fidelity"], FAST, seed=0)
+    w = prepare_dsl.wide(eff, ["model"]).set_index("model")
+    assert set(w.index) == {"vicuna-clip-en", "yi-clip-zh"} and w["note"].isna().all()
+    # the oracle is the truth of these rows; the simulated IFLs are -0.5 and -0.5+0.2+0.3 = 0
+    assert w.loc["vicuna-clip-en", "oracle"] == pytest.approx(-0.5, abs=0.12)
+    for model in w.index:
+        row = w.loc[model]
+        assert row["dsl_ci_low"] <= row["oracle"] <= row["dsl_ci_high"]
+        assert row["naive_ci_high"] < row["oracle"]  # misread short answers: too much IFL
+    recov = prepare_dsl.recovery(eff, ["model"]).set_index("estimator")
+    assert recov.loc["dsl", "coverage"] == 1.0 and recov.loc["naive", "coverage"] == 0.0
+
+
+def test_pooled_fit_maps_each_group_to_its_own_coefficient(data):
+    """Saturated pooled fit and one fit per group give the same OLS (naive, oracle) numbers,
+    so the group -> term mapping is right; DSL differs only through the learner."""
+    sub = data[data["lang"] == "de"]
+    by = ["model", "lang"]
+    pooled = prepare_dsl.group_effects(sub, by, prepare_dsl.OUTCOMES["fidelity"], FAST, seed=0)
+    single = prepare_dsl.group_effects(sub, by, prepare_dsl.OUTCOMES["fidelity"],
+                                       FAST.model_copy(update={"pooled": False}), seed=0)
+    for est in ("naive", "oracle"):
+        a = pooled[pooled["estimator"] == est].set_index("model")["estimate"]
+        b = single[single["estimator"] == est].set_index("model")["estimate"]
+        pd.testing.assert_series_equal(a.sort_index(), b.sort_index(), atol=1e-10)
+    truth = sub.groupby(["model", "image"])["fidelity_true"].mean().unstack()
+    oracle = pooled[pooled["estimator"] == "oracle"].set_index("model")["estimate"]
+    np.testing.assert_allclose(oracle, (truth[1] - truth[0]).reindex(oracle.index), atol=1e-10)
+
+
+def test_groups_without_enough_labels_are_skipped_with_a_note(data):
+    sub = data[data["model"].isin(["vicuna-clip-en", "leo-clip-de"]) & (data["lang"] == "de")].copy()
+    unlabeled = sub["model"] == "leo-clip-de"
+    sub.loc[unlabeled, ["labeled"]] = 0
+    sub.loc[unlabeled, ["fidelity_gold", "correct_gold"]] = np.nan
+    eff = prepare_dsl.group_effects(sub, ["model"], prepare_dsl.OUTCOMES["fidelity"], FAST, seed=0)
+    skipped = eff[eff["model"] == "leo-clip-de"]
+    assert len(skipped) == 1 and skipped["estimate"].isna().all()
+    assert skipped["note"].iloc[0].startswith("skipped: 0 image / 0 text labeled rows")
+    assert eff[(eff["model"] == "vicuna-clip-en") & (eff["estimator"] == "dsl")]["estimate"].notna().all()
+    # nothing labeled anywhere: every group skipped, no crash
+    none = sub.assign(labeled=0, fidelity_gold=np.nan)
+    eff = prepare_dsl.group_effects(none, ["model"], prepare_dsl.OUTCOMES["fidelity"], FAST, seed=0)
+    assert len(eff) == 2 and eff["estimate"].isna().all() and eff["note"].str.startswith("skipped").all()
+
+
+def test_a_failing_fit_is_reported_not_raised(data):
+    sub = data[(data["model"] == "vicuna-clip-en") & (data["lang"] == "de")
+               & data["parallel_id"].isin([f"p{i}" for i in range(30)])]
+    p = FAST.model_copy(update={"cross_fit": 50, "min_clusters": 20})  # 30 clusters, 50 folds
+    eff = prepare_dsl.group_effects(sub, ["model"], prepare_dsl.OUTCOMES["fidelity"], p, seed=0)
+    assert len(eff) == 1 and eff["note"].iloc[0].startswith("not estimated:")
+
+
+def test_design_data_builds_the_papers_factors(data):
+    chinese = prepare_dsl.design_data(data, "Chinese")
+    assert set(chinese["lang"]) == {"zh"}
+    assert set(chinese["model"]) == {f"{l}-{v}-{d}" for l in ("vicuna", "yi")
+                                     for v in ("clip", "dinov2") for d in ("en", "zh")}
+    facts = chinese.drop_duplicates("model").set_index("model")
+    assert facts.loc["yi-dinov2-zh", ["LLM", "VE", "Data"]].tolist() == [1, 1, 1]
+    assert facts.loc["vicuna-clip-en", ["LLM", "VE", "Data"]].tolist() == [0, 0, 0]
+    german = prepare_dsl.design_data(data, "German")
+    assert set(german["llm"]) == {"vicuna", "leo"} and set(german["data_lang"]) == {"en", "de"}
+
+
+def test_table4_terms_and_signs_match_the_paper_convention(data):
+    t4 = prepare_dsl.table4(data, FAST, seed=0, outcomes=("fidelity",))
+    oracle = t4[t4["estimator"] == "oracle"].set_index(["language_set", "row"])
+    assert oracle.loc[("Chinese", "LLM"), "term"] == "image:LLM"
+    # simulated: +0.2 (LLM), -0.1 (VE), +0.3 (Data), positive = less IFL as in the paper's Table 4
+    for lset in ("Chinese", "German"):
+        assert oracle.loc[(lset, "LLM"), "estimate"] == pytest.approx(0.2, abs=0.12)
+        assert oracle.loc[(lset, "VE"), "estimate"] == pytest.approx(-0.1, abs=0.12)
+        assert oracle.loc[(lset, "Data"), "estimate"] == pytest.approx(0.3, abs=0.12)
+    dsl = t4[t4["estimator"] == "dsl"].set_index(["language_set", "row"])
+    assert {"Intercept", "image", "LLM", "VE", "Data", "image:LLM"} <= set(t4["term"])
+    assert dsl.loc[("German", "LLM"), "ci_low"] < oracle.loc[("German", "LLM"), "estimate"] \
+        < dsl.loc[("German", "LLM"), "ci_high"]
+    literal = prepare_dsl.table4(data, FAST, seed=0, outcomes=("fidelity",), main_effects=False)
+    assert not {"LLM", "VE", "Data"} & set(literal["term"])  # the paper's equation: interactions only
+    beside = prepare_dsl.table4_beside_paper(t4)
+    assert len(beside) == 6 and beside.loc[0, "fidelity_paper"] == 0.17
+    assert beside.loc[0, "fidelity_dsl"] == dsl.loc[("Chinese", "LLM"), "estimate"]
+
+
+def test_table4_with_too_few_labels_or_missing_factor_is_noted(data):
+    few = data.assign(labeled=np.where(data["lang"] == "zh", 0, data["labeled"]))
+    few["fidelity_gold"] = few["fidelity_gold"].where(few["labeled"] == 1)
+    t4 = prepare_dsl.table4(few, FAST, seed=0, outcomes=("fidelity",))
+    chinese = t4[t4["language_set"] == "Chinese"]
+    assert chinese["estimate"].isna().all() and chinese["note"].str.startswith("skipped").all()
+    assert t4[(t4["language_set"] == "German") & (t4["estimator"] == "dsl")]["estimate"].notna().all()
+    clip_only = data[data["vision"] == "clip"]
+    t4 = prepare_dsl.table4(clip_only, FAST, seed=0, outcomes=("fidelity",))
+    ve = t4[(t4["language_set"] == "German") & (t4["row"] == "VE")]
+    assert ve["note"].str.contains("no variant differs in VE").all()
+
+
+def test_figure1_rows_prefer_off_the_shelf_models(data):
+    rows, role = prepare_dsl.figure1_rows(data)
+    assert role.startswith("trained variants") and len(rows) == len(data)
+    llava = data.iloc[:80].assign(model="llava-1.5-7b", kind="llava")
+    rows, role = prepare_dsl.figure1_rows(pd.concat([llava, data]))
+    assert role == "off-the-shelf LLaVA models" and set(rows["model"]) == {"llava-1.5-7b"}
+    order = prepare_dsl.model_order(["leo-clip-en", "llava-gemma-2b", "vicuna-dinov2-zh", "llava-1.5-7b"])
+    assert order == ["llava-1.5-7b", "llava-gemma-2b", "vicuna-dinov2-zh", "leo-clip-en"]
+
+
+def test_paper_values_use_our_names_and_proportions():
+    fig1 = prepare_dsl.paper_figure1()
+    assert fig1["model"].notna().all() and set(fig1["benchmark"]) == {"visit", "llavaw"}
+    assert fig1.set_index(["model", "benchmark"]).loc[("llava-1.5-7b", "visit"), "paper"] == pytest.approx(-0.059)
+    t4 = prepare_dsl.paper_table4()
+    assert list(t4["row"].unique()) == ["LLM", "VE", "Data"] and len(t4) == 6
+
+
+def test_headline_states_the_key_numbers(data):
+    fig1 = prepare_dsl.group_effects(data[data["lang"] == "de"], ["model", "benchmark"],
+                                     prepare_dsl.OUTCOMES["fidelity"], FAST, seed=0)
+    t4 = prepare_dsl.table4(data, FAST, seed=0, outcomes=("fidelity",))
+    line = prepare_dsl.headline(fig1, t4, prepare_dsl.recovery(fig1, ["model", "benchmark"]))
+    assert "truth inside the CI: DSL" in line and "Table 4 German LLM/VE/Data" in line
+    assert "(paper +0.07/-0.11/-0.37)" in line
