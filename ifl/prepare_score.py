@@ -63,28 +63,30 @@ def draw_sample(scored: pd.DataFrame, n: int, seed: int) -> tuple[pd.DataFrame, 
     return sample, pi
 
 
+def _fill_sheet(sheet_path, labels: pd.DataFrame, language: str, correct: str) -> None:
+    """Write an annotator's answers into the exported sheet: answer_language from column
+    `language` of `labels` (indexed like the sample), correct (and matches_gold) from the 1/0
+    column `correct`."""
+    sheet = pd.read_csv(sheet_path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    by_id = labels.set_index(labels.index.astype(str))
+    sheet["answer_language"] = sheet["id"].map(by_id[language])
+    sheet["correct"] = sheet["id"].map(by_id[correct].map({1.0: "true", 0.0: "false"}))
+    sheet["matches_gold"] = sheet["correct"]
+    write_sheet(sheet, sheet_path)
+
+
 def fill_sheet_exactly(sheet_path, sample: pd.DataFrame, *, error_rate: float, seed: int) -> pd.DataFrame:
     """Miniature annotator: answer language by the generator's exact word rule (wrong with
     probability `error_rate`), correctness by the exact rule. Writes the filled sheet."""
     gold = miniature_gold(sample, annotator_error_rate=error_rate, seed=seed)
-    sheet = pd.read_csv(sheet_path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    by_id = gold.set_index(gold.index.astype(str))
-    sheet["answer_language"] = sheet["id"].map(by_id["gold_lang"])
-    sheet["correct"] = sheet["id"].map(by_id["correct_gold"].map({1.0: "true", 0.0: "false"}))
-    sheet["matches_gold"] = sheet["correct"]
-    write_sheet(sheet, sheet_path)
+    _fill_sheet(sheet_path, gold, "gold_lang", "correct_gold")
     return gold
 
 
 def fill_sheet_stand_in(sheet_path, sample: pd.DataFrame) -> None:
     """paper-smoke only: a stand-in annotator (the surrogate's own labels) so that the import
     and DSL paths run on stand-in data. These labels carry no information about the truth."""
-    sheet = pd.read_csv(sheet_path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    by_id = sample.set_index(sample.index.astype(str))
-    sheet["answer_language"] = sheet["id"].map(by_id["lid_label"])
-    sheet["correct"] = sheet["id"].map(by_id["correct_surrogate"].map({1.0: "true", 0.0: "false"}))
-    sheet["matches_gold"] = sheet["correct"]
-    write_sheet(sheet, sheet_path)
+    _fill_sheet(sheet_path, sample, "lid_label", "correct_surrogate")
 
 
 def attach_labels(scored: pd.DataFrame, sample: pd.DataFrame, pi: np.ndarray,
