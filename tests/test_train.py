@@ -357,6 +357,30 @@ def test_train_variant_resumes_and_skips_when_done(world, tmp_path, monkeypatch)
     assert again.cached and again.model_dir == res.model_dir and again.stage2.steps == 3
 
 
+def test_train_variant_retrains_when_the_recipe_changes(world, tmp_path):
+    spec = variant("vicuna-clip-en")
+    s1 = StageSettings(lr=1e-2, global_batch=4, micro_batch=4, max_steps=1, max_length=64,
+                       format="plain")
+    s2 = StageSettings(lr=1e-2, global_batch=4, micro_batch=4, max_steps=1, max_length=64)
+    args = (spec, world["root"] / "llm", world["root"] / "clip", world["manifest"], CHAT)
+    first = train_variant(*args, s1, s2, tmp_path, tokenizer=world["root"] / "tok", progress=False)
+    longer = dataclasses.replace(s2, max_steps=2)
+    second = train_variant(*args, s1, longer, tmp_path, tokenizer=world["root"] / "tok", progress=False)
+    assert not first.cached and not second.cached and second.stage2.steps == 2
+    done = json.loads((tmp_path / spec.name / "DONE").read_text())
+    assert done["stage2"]["max_steps"] == 2 and done["llm"] == str(world["root"] / "llm")
+    assert train_variant(*args, s1, longer, tmp_path, progress=False).cached
+
+
+def test_component_id_follows_the_build_marker(tmp_path):
+    from ifl.train.variants import component_id
+    (tmp_path / "DONE").write_text('{"steps": 1}')
+    one = component_id(tmp_path)
+    (tmp_path / "DONE").write_text('{"steps": 2}')   # the LM was rebuilt with other settings
+    assert one != component_id(tmp_path) and one.startswith(str(tmp_path))
+    assert component_id(tmp_path / "absent") == str(tmp_path / "absent")
+
+
 def test_loss_matches_transformers_and_gradient_checkpointing(world, tmp_path):
     from ifl.train.loop import token_loss_sum
     model, proc = _assemble(world)

@@ -14,11 +14,16 @@ only combined with en/zh and Leo only with en/de: 6 + 4 + 4 = 14 variants.
     res.model_dir   # runs/x/02/leo-dinov2-de/stage2/model, loads with from_pretrained
 
 Layout: out_dir/<name>/stage1/, stage2/ (each as `train_stage` writes it) and DONE, written last.
-A variant with DONE is skipped; an interrupted one resumes in the stage it stopped in.
+A variant whose DONE holds the same recipe (spec, stage settings, QLoRA, and the identity of its
+LLM and vision tower) is skipped; one trained with another recipe (say, notebook 02 rebuilt a
+miniature LM with more steps) is trained again from scratch; an interrupted one resumes in the
+stage it stopped in.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -119,6 +124,39 @@ class VariantResult:
     cached: bool = False
 
 
+def component_id(path: str | Path) -> str:
+    """What a component is, for the cache key: a local folder with a build marker (the
+    miniature's DONE) is named by the marker's hash, so a retrained LM or tower gives another id;
+    anything else (a hub id, a folder without marker) by its path as given.
+
+    >>> component_id("lmsys/vicuna-7b-v1.5")
+    'lmsys/vicuna-7b-v1.5'
+    """
+    marker = Path(path) / DONE
+    if marker.is_file():
+        return f"{path}#{hashlib.sha256(marker.read_bytes()).hexdigest()[:16]}"
+    return str(path)
+
+
+def recipe(spec: VariantSpec, llm_path, vision_path, stage1: StageSettings, stage2: StageSettings,
+           qlora: LoraSettings | None) -> dict:
+    """Everything that decides a trained variant, JSON-plain: DONE holds it. Callables in a
+    stage's `extra` (a progress callback) do not change what is trained and are left out."""
+    def plain(settings: StageSettings) -> dict:
+        d = asdict(settings)
+        d["extra"] = {k: v for k, v in d["extra"].items() if not callable(v)}
+        return d
+    return json.loads(json.dumps(
+        {"spec": asdict(spec), "llm": component_id(llm_path), "vision": component_id(vision_path),
+         "stage1": plain(stage1), "stage2": plain(stage2),
+         "qlora": qlora.as_dict() if qlora else None}, default=str))
+
+
+def _same_recipe(done: Path, wanted: dict) -> bool:
+    saved = json.loads(done.read_text())
+    return {k: saved.get(k) for k in wanted} == wanted
+
+
 def _losses(out: Path) -> TrainResult | None:
     import pandas as pd
     if not (out / "losses.csv").exists():
@@ -147,9 +185,14 @@ def train_variant(spec: VariantSpec, llm_path: str | Path, vision_path: str | Pa
     out = Path(out_dir) / spec.name
     accelerator = Accelerator()
     device = device or accelerator.device  # this process's GPU under `accelerate launch`
+    wanted = recipe(spec, llm_path, vision_path, stage1, stage2, qlora)
     if (out / DONE).exists():
-        return VariantResult(spec, out / "stage2" / "model", _losses(out / "stage1"),
-                             _losses(out / "stage2"), cached=True)
+        if _same_recipe(out / DONE, wanted):
+            return VariantResult(spec, out / "stage2" / "model", _losses(out / "stage1"),
+                                 _losses(out / "stage2"), cached=True)
+        if accelerator.is_main_process:   # another recipe: its stages would refuse to resume
+            shutil.rmtree(out)
+        accelerator.wait_for_everyone()
     if not isinstance(manifest, dict):
         manifest = json.loads(Path(manifest).read_text(encoding="utf-8"))
     if spec.data_lang not in manifest:
@@ -180,9 +223,7 @@ def train_variant(spec: VariantSpec, llm_path: str | Path, vision_path: str | Pa
                                   quantization="4bit" if qlora else None)
     res2 = run(model, processor, stage2, "full", "instruct")
     if accelerator.is_main_process:
-        write_json_atomic(out / DONE, {"spec": asdict(spec), "stage1": asdict(stage1),
-                                       "stage2": asdict(stage2),
-                                       "qlora": qlora.as_dict() if qlora else None,
-                                       "stage1_steps": res1.steps, "stage2_steps": res2.steps})
+        write_json_atomic(out / DONE, {**wanted, "stage1_steps": res1.steps,
+                                       "stage2_steps": res2.steps})
     accelerator.wait_for_everyone()
     return VariantResult(spec, res2.model_dir, res1, res2)
