@@ -8,6 +8,10 @@ are all stored is not even loaded again.
 from __future__ import annotations
 
 import gc
+import hashlib
+import json
+import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -16,9 +20,15 @@ import pandas as pd
 import torch
 
 from ifl.collect import collect_responses, load_responses
+from ifl.collect.store import model_dir
 from ifl.models import model_info, template_for
 from ifl.params_schema import CollectResponses
 from ifl.prepare_variants import MINI_TEMPLATE, torch_threads
+from ifl.stage import write_json_atomic
+
+log = logging.getLogger(__name__)
+IDENTITY_FILE = "weights.json"
+HASH_LIMIT = 256 * 2**20   # weight files up to this size are hashed; larger ones by size + mtime
 
 MODEL_COLUMNS = ["model", "kind", "source", "revision", "template", "llm", "vision", "data_lang"]
 
@@ -76,6 +86,41 @@ def select_tasks(tasks: pd.DataFrame, *, benchmarks: list[str] | None, max_per_c
     return tasks.sort_values("task_id").reset_index(drop=True)
 
 
+def weights_id(source: str, revision: str | None) -> str:
+    """What weights `source` names: a hub id by id@revision; a local folder (a trained variant)
+    by a hash of its config and weight files, so a retrained variant gets another id."""
+    folder = Path(source)
+    if not folder.is_dir():
+        return f"{source}@{revision or 'main'}"
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*")):
+        if path.suffix not in (".json", ".safetensors", ".bin") or not path.is_file():
+            continue
+        stat = path.stat()
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes() if stat.st_size <= HASH_LIMIT
+                      else f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return f"{source}#{digest.hexdigest()[:16]}"
+
+
+def forget_stale(out_dir: Path, model: str, identity: str) -> bool:
+    """Keep `model`'s stored responses only if they were made by the weights `identity` names;
+    otherwise delete them (they answer for another model: notebook 02 retrained it) and say so.
+    Records `identity` either way. True if stored responses were deleted."""
+    folder = model_dir(out_dir, model)
+    marker = folder / IDENTITY_FILE
+    stale = folder.exists() and (not marker.exists()
+                                 or json.loads(marker.read_text())["weights"] != identity)
+    if stale:
+        log.warning("%s: stored responses came from other weights than %s; collecting again",
+                    model, identity)
+        print(f"{model}: the stored responses came from other weights (retrained?); collecting again")
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(marker, {"weights": identity})
+    return stale
+
+
 def missing_pairs(out_dir: Path, model: str, tasks: pd.DataFrame, conditions) -> int:
     """How many (task, condition) responses of `model` are not stored yet."""
     have = load_responses(out_dir, model)
@@ -93,6 +138,7 @@ def collect_all(models: pd.DataFrame, tasks: pd.DataFrame, out_dir: Path, p: Col
     quantization = None if p.quantization == "none" else p.quantization
     with torch_threads(p.threads if device == "cpu" else None):
         for row in models.itertuples():
+            forget_stale(out_dir, row.model, weights_id(row.source, row.revision))
             todo = missing_pairs(out_dir, row.model, tasks, p.conditions)
             start = time.perf_counter()
             if todo:

@@ -49,6 +49,24 @@ def test_select_tasks_keeps_the_same_items_in_every_language():
         select_tasks(tasks, benchmarks=["maxm"], max_per_cell=None, languages=["en"], seed=0)
 
 
+def test_responses_of_retrained_weights_are_collected_again(tmp_path):
+    from ifl.prepare_collect import forget_stale, weights_id
+    weights = tmp_path / "variant"
+    weights.mkdir()
+    (weights / "config.json").write_text("{}")
+    (weights / "model.safetensors").write_bytes(b"one")
+    first = weights_id(str(weights), None)
+    assert weights_id("llava-hf/llava-1.5-7b-hf", "abc") == "llava-hf/llava-1.5-7b-hf@abc"
+    out = tmp_path / "responses"
+    assert not forget_stale(out, "v", first)
+    (out / "v" / "shard-0-of-1").mkdir()   # responses stored from these weights
+    assert not forget_stale(out, "v", first) and (out / "v" / "shard-0-of-1").exists()
+    (weights / "model.safetensors").write_bytes(b"two")   # notebook 02 retrained the variant
+    assert weights_id(str(weights), None) != first
+    assert forget_stale(out, "v", weights_id(str(weights), None))
+    assert not (out / "v" / "shard-0-of-1").exists() and (out / "v" / "weights.json").exists()
+
+
 @pytest.fixture(scope="module")
 def scored():
     tasks = make_tasks(20, ["en", "de", "zh"], seed=0)
