@@ -126,23 +126,29 @@ class TrainVariants(Block):
     mini_vocab_size: int = Field(2048, ge=256, le=65536)
     mini_lm_hidden: int = Field(96, ge=16, le=4096)
     mini_lm_layers: int = Field(3, ge=1, le=48)
-    mini_lm_steps: int = Field(600, ge=1, le=1_000_000)
+    mini_lm_steps: int = Field(500, ge=1, le=1_000_000)
     mini_lm_batch: int = Field(48, ge=1, le=4096)
     mini_tower_hidden: int = Field(64, ge=16, le=4096)
     mini_tower_layers: int = Field(3, ge=1, le=48)
-    mini_tower_steps: int = Field(300, ge=1, le=1_000_000)
+    mini_tower_steps: int = Field(300, ge=1, le=1_000_000, description=(
+        "DINO-style tower steps (and the CLIP-style tower's when mini_clip_steps is null)"))
+    mini_clip_steps: int | None = Field(800, ge=1, le=1_000_000, description=(
+        "CLIP-style tower steps: its patch features learn shape only after several hundred"))
+    mini_tower_twins: float = Field(0.25, ge=0, le=0.5, description=(
+        "share of each CLIP batch replaced by shape twins (same colours and places, other "
+        "shapes): hard negatives that reward shape"))
     mini_lm_eval_scenes: int = Field(60, ge=1, le=100_000, description=(
         "held-out scenes per language for each LM's text-only check"))
     mini_tower_probe_scenes: int = Field(2000, ge=8, le=1_000_000, description=(
         "held-out scenes for the towers' probe check"))
     # --- miniature world: LLaVA training of each variant
     mini_stage1_steps: int = Field(100, ge=1, le=1_000_000)
-    mini_stage2_steps: int = Field(150, ge=1, le=1_000_000)
+    mini_stage2_steps: int = Field(250, ge=1, le=1_000_000)
     mini_stage1_lr: float = Field(1e-3, gt=0, le=1)
     mini_stage2_lr: float = Field(5e-4, gt=0, le=1, description=(
         "5e-4 kept more of the LM's text-only ability than 1e-3 in a prototype"))
     mini_micro_batch: int = Field(16, ge=1, le=4096)
-    mini_eval_scenes: int = Field(40, ge=1, le=100_000, description=(
+    mini_eval_scenes: int = Field(80, ge=1, le=100_000, description=(
         "held-out shapes_vqa scenes for each variant's sanity check in its training language"))
     threads: int = Field(2, ge=1, le=256, description=(
         "CPU threads for miniature training (1 can be faster on a busy machine)"))
@@ -307,6 +313,9 @@ class Steering(Block):
     sweep_depths: list[Annotated[float, Field(ge=0, lt=1)]] = Field(default_factory=list, description=(
         "layer sweep as fractions of the depth: layer = floor(f x n_layers), so one list fits "
         "models of any depth (empty = no sweep)"))
+    sweep_scales: list[float] = Field(default_factory=lambda: [1.0], min_length=1, description=(
+        "scales of the sweep: every sweep layer is steered at each (the paper's formula is scale 1; "
+        "a larger one shows how far the direction can push a small model)"))
     sweep_model: str | None = Field(None, description="model of the sweep; null = the first steered model")
     sweep_tasks_per_cell: int = Field(10, ge=1, description="tasks per benchmark x language in the sweep")
     threads: int = Field(2, ge=1, le=256, description="CPU threads (miniature)")

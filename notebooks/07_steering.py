@@ -77,6 +77,7 @@ dtype = "float32"
 quantization = "none"
 batch_size = 64
 sweep_depths = [0.0, 0.34, 0.67]
+sweep_scales = [1.0, 2.0, 4.0, 8.0]
 sweep_model = None
 sweep_tasks_per_cell = 10
 threads = 2
@@ -213,7 +214,9 @@ if common.world == "paper":
 # %% [markdown]
 # ## Layer sweep
 # One model, a few items per cell, the same vectors' recipe at other layers (as fractions of the
-# depth). The default layer is marked.
+# depth) and, beyond the paper, at other scales (`sweep_scales`: the formula has no coefficient,
+# so 1 is the paper's remedy; larger ones show how far the direction can push the model). The
+# default layer is marked.
 
 # %%
 sweep = pd.DataFrame()
@@ -227,26 +230,32 @@ if p.sweep_depths:
         todo = ps.steer_tasks(scored, tasks, name, langs, p.benchmarks, p.sweep_tasks_per_cell, common.seed)
         for layer_l in ps.sweep_layers(p.sweep_depths, n_layers):
             vecs, _ = ps.vectors(model, processor, prompts, layer_l, p, row.template)
-            got = ps.score(ps.collect_steered(model, processor, row, todo, vecs, p, responses_dir,
-                                              progress=False), tasks, identifier, common.world)
-            for col in fidelity_columns:
-                t = ps.ifl_table(scored, got, col)
-                parts.append(t[t["benchmark"] == "average"].assign(layer=layer_l, fidelity=col))
+            for s in p.sweep_scales:
+                p_s = p.model_copy(update={"scale": s})
+                got = ps.score(ps.collect_steered(model, processor, row, todo, vecs, p_s, responses_dir,
+                                                  progress=False), tasks, identifier, common.world)
+                for col in fidelity_columns:
+                    t = ps.ifl_table(scored, got, col)
+                    parts.append(t[t["benchmark"] == "average"].assign(layer=layer_l, scale=s, fidelity=col))
         default_l = default_layer(model) if p.layer is None else p.layer
         del model, processor
         free_memory()
     sweep = pd.concat(parts, ignore_index=True)
     sweep.to_csv(stage.path("layer_sweep.csv"), index=False)
-    display(sweep[["fidelity", "layer", "n", "ifl", "ifl_remedy", "diff"]].round(3))
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for col, part in sweep.groupby("fidelity"):
-        ax.plot(part["layer"], part["ifl_remedy"], marker="o", label=f"IFL + remedy ({col})")
-        ax.axhline(part["ifl"].iloc[0], ls="--", lw=0.8, c=ax.lines[-1].get_color(), label=f"IFL ({col})")
-    ax.axvline(default_l, c="0.6", lw=0.8)
-    ax.set_xticks(sorted(sweep["layer"].unique()))
-    ax.set_xlabel(f"steered layer of {name} ({n_layers} layers; grey: default)")
-    ax.set_ylabel("fidelity: image - text")
-    ax.legend(fontsize=7)
+    display(sweep.pivot_table(index=["fidelity", "layer"], columns="scale", values="ifl_remedy").round(3))
+    columns = sorted(sweep["fidelity"].unique())
+    fig, axes = plt.subplots(1, len(columns), figsize=(5 * len(columns), 3.5), squeeze=False, sharey=True)
+    for ax, col in zip(axes[0], columns):
+        part = sweep[sweep["fidelity"] == col]
+        for s, by_scale in part.groupby("scale"):
+            ax.plot(by_scale["layer"], by_scale["ifl_remedy"], marker="o", label=f"IFL + remedy, scale {s:g}")
+        ax.axhline(part["ifl"].iloc[0], ls="--", lw=0.8, c="k", label="IFL (no steering)")
+        ax.axvline(default_l, c="0.6", lw=0.8)
+        ax.set_xticks(sorted(sweep["layer"].unique()))
+        ax.set_xlabel(f"steered layer of {name} ({n_layers} layers; grey: default)")
+        ax.set_title(col, fontsize=9)
+    axes[0][0].set_ylabel("fidelity: image - text")
+    axes[0][-1].legend(fontsize=7)
     stage.save_figure(fig, "07_layer_sweep")
     plt.show()
 
@@ -259,5 +268,6 @@ headline = ("IFL -> IFL + remedy (LID): " + "; ".join(
     f"{m} {r.ifl:+.3f} -> {r.ifl_remedy:+.3f}" for m, r in avg.iterrows()))
 stage.finish(headline, identifier=identifier.name, languages=langs, conventions=conventions,
              ifl=avg["ifl"].round(4).to_dict(), ifl_remedy=avg["ifl_remedy"].round(4).to_dict(),
-             n_steered=len(steered), sweep_layers=sorted(sweep["layer"].unique().tolist()) if len(sweep) else [])
+             n_steered=len(steered), sweep_layers=sorted(sweep["layer"].unique().tolist()) if len(sweep) else [],
+             sweep_scales=p.sweep_scales if len(sweep) else [])
 print(headline)

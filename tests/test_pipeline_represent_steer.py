@@ -23,7 +23,7 @@ def check_steering(stage, models):
         c = convention[model]
         assert c["hidden_states_index"] == c["layer"] + 1 and c["site"] == "block_output"
     sweep = pd.read_csv(stage / "layer_sweep.csv")
-    assert sweep["layer"].nunique() >= 2
+    assert sweep["layer"].nunique() >= 2 and sweep["scale"].notna().all()
 
 
 def test_paper_smoke_umap_cka_and_steering(smoke_run):
