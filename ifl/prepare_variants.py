@@ -39,7 +39,8 @@ def miniature_components(p: TrainVariants, out: Path, seed: int) -> dict:
             out, seed=seed, vocab_size=p.mini_vocab_size, lm_hidden=p.mini_lm_hidden,
             lm_layers=p.mini_lm_layers, lm_steps=p.mini_lm_steps, lm_batch=p.mini_lm_batch,
             tower_hidden=p.mini_tower_hidden, tower_layers=p.mini_tower_layers,
-            tower_steps=p.mini_tower_steps, lm_eval_scenes=p.mini_lm_eval_scenes,
+            tower_steps=p.mini_tower_steps, clip_steps=p.mini_clip_steps,
+            tower_twins=p.mini_tower_twins, lm_eval_scenes=p.mini_lm_eval_scenes,
             tower_probe_scenes=p.mini_tower_probe_scenes)
     paths = dict(built["paths"])
     paths["dinov2"] = paths.pop("dino")  # the miniature's DINOv2 stand-in

@@ -167,12 +167,28 @@ def test_towers_are_deterministic_and_cached(tmp_path, monkeypatch):
     assert train_dino_tower(tmp_path / "a", **TINY_TOWER)[0] == a
 
 
+def test_shape_twins_are_hard_negatives():
+    import random
+
+    from ifl.mini.towers import shape_twin, with_twins
+    batch = scenes(20, 0, "twins")
+    mixed = with_twins(batch, 0.25, random.Random(0))
+    assert len(mixed) == 20 and mixed[:15] == batch[:15]
+    for twin, scene in zip(mixed[15:], batch[:5]):
+        keep = lambda s: [(o["color"], o["x"], o["y"], o["r"], o["pos"]) for o in s["objects"]]
+        assert keep(twin) == keep(scene)
+        shapes = [o["shape"] for o in twin["objects"]]
+        assert shapes != [o["shape"] for o in scene["objects"]] and len(set(shapes)) == len(shapes)
+    assert with_twins(batch, 0.0, random.Random(0)) == batch
+    assert shape_twin(batch[0], random.Random(1))["objects"] != batch[0]["objects"]
+
+
 # --- everything ----------------------------------------------------------------------------------
 
 def test_build_components_returns_paths_and_long_metrics(tmp_path, monkeypatch):
     settings = dict(tokenizer_items_per_lang=20, lm_hidden=32, lm_layers=1, lm_steps=3, lm_batch=4,
-                    lm_eval_scenes=1, tower_hidden=32, tower_layers=1, tower_steps=2, tower_batch=8,
-                    tower_probe_scenes=200,
+                    lm_eval_scenes=1, tower_hidden=32, tower_layers=1, tower_steps=2, clip_steps=3,
+                    tower_batch=8, tower_probe_scenes=200,
                     backbones={"vicuna": {"en": 0.8, "de": 0.2}, "leo": {"en": 0.5, "de": 0.5}})
     result = build_components(tmp_path, seed=0, progress=False, **settings)
     assert set(result["paths"]) == {"tokenizer", "vicuna", "leo", "clip", "dino"}
@@ -180,6 +196,10 @@ def test_build_components_returns_paths_and_long_metrics(tmp_path, monkeypatch):
     assert {"component", "kind", "metric", "lang", "value"} == set(rows[0])
     assert any(r["component"] == "vicuna" and r["metric"] == "fidelity" and r["lang"] == "de" for r in rows)
     assert json.loads((tmp_path / "components.json").read_text())["paths"] == result["paths"]
+    # CLIP has its own steps and the shape twins; DINO the shared tower steps and no twins
+    clip = json.loads((tmp_path / "tower-clip" / DONE).read_text())
+    dino = json.loads((tmp_path / "tower-dino" / DONE).read_text())
+    assert (clip["steps"], clip["twins"], dino["steps"], dino["twins"]) == (3, 0.25, 2, 0.0)
     with pytest.raises(TypeError, match="lm_hidden"):
         build_components(tmp_path, lm_hiden=8)
     # a second build with the same settings trains nothing

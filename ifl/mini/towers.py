@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ifl.data.miniature import content
 from ifl.data.miniature.render import render_turn
-from ifl.data.miniature.scenes import BACKGROUND, render_array, sample_scene
+from ifl.data.miniature.scenes import BACKGROUND, SHAPES, render_array, sample_scene
 from ifl.mini.common import fresh_dir, is_done, lr_at, mark_done
 
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -40,6 +40,32 @@ def scenes(n: int, seed: int, tag: str, image_size: int = 32) -> list[dict]:
     """n scene graphs; scene i depends only on (tag, seed, i)."""
     return [sample_scene(random.Random(f"{tag}:{seed}:{i}"), f"{tag}-{i}", size=image_size)
             for i in range(n)]
+
+
+def shape_twin(scene: dict, rng: random.Random) -> dict:
+    """The same scene with other shapes: every object keeps its colour, place and size, the
+    shapes are redrawn (distinct within the scene, at least one changed). A twin in the same
+    batch is a hard negative: colour and place, which tell random scenes apart, no longer do.
+
+    >>> s = sample_scene(random.Random(0), "s")
+    >>> t = shape_twin(s, random.Random(0))
+    >>> [(o["color"], o["x"]) for o in t["objects"]] == [(o["color"], o["x"]) for o in s["objects"]]
+    True
+    >>> [o["shape"] for o in t["objects"]] != [o["shape"] for o in s["objects"]]
+    True
+    """
+    old = [o["shape"] for o in scene["objects"]]
+    new = old
+    while new == old:
+        new = rng.sample(SHAPES, len(old))
+    return {**scene, "id": f"{scene['id']}-twin",
+            "objects": [{**o, "shape": sh} for o, sh in zip(scene["objects"], new)]}
+
+
+def with_twins(chunk: list[dict], share: float, rng: random.Random) -> list[dict]:
+    """`chunk` with its last `share` replaced by shape twins of its first scenes (same size)."""
+    k = min(int(round(share * len(chunk))), len(chunk) // 2)
+    return chunk[:len(chunk) - k] + [shape_twin(s, rng) for s in chunk[:k]] if k else chunk
 
 
 def pixels(batch: list[dict], mean, std) -> torch.Tensor:
@@ -109,7 +135,8 @@ def clip_loss(img: torch.Tensor, txt: torch.Tensor, same: torch.Tensor, logit_sc
 
 def train_clip_tower(out_dir: str | Path, *, image_size: int = 32, patch: int = 8, hidden: int = 64,
                      layers: int = 3, steps: int = 300, batch: int = 128, lr: float = 4e-3,
-                     seed: int = 0, probe_scenes: int = 2000, progress: bool = True) -> tuple[Path, dict]:
+                     seed: int = 0, twins: float = 0.0, probe_scenes: int = 2000,
+                     progress: bool = True) -> tuple[Path, dict]:
     """Train (or load the cached) CLIPVisionModel against English captions; save it with a
     CLIPImageProcessor. Metrics: caption retrieval among 200 held-out images (top-1, exact
     caption), and `probe`."""
@@ -119,7 +146,7 @@ def train_clip_tower(out_dir: str | Path, *, image_size: int = 32, patch: int = 
     out_dir = Path(out_dir)
     settings = {"kind": "clip", "image_size": image_size, "patch": patch, "hidden": hidden,
                 "layers": layers, "steps": steps, "batch": batch, "lr": lr, "seed": seed,
-                "probe_scenes": probe_scenes}
+                "twins": twins, "probe_scenes": probe_scenes}
     if is_done(out_dir, settings):
         return out_dir, json.loads((out_dir / "metrics.json").read_text())
     fresh_dir(out_dir)
@@ -134,12 +161,13 @@ def train_clip_tower(out_dir: str | Path, *, image_size: int = 32, patch: int = 
                                  "txt": torch.nn.Linear(hidden, hidden, bias=False)})
     logit_scale = torch.nn.Parameter(torch.tensor(np.log(1 / 0.07), dtype=torch.float32))
     params = [*vision.parameters(), *text.parameters(), *heads.parameters(), logit_scale]
+    twin_rng = random.Random(f"clip-twins:{seed}")
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
     losses = []
     for step in tqdm(range(steps), desc="CLIP tower", disable=not progress, mininterval=2):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr)
-        chunk = train[step * batch:(step + 1) * batch]
+        chunk = with_twins(train[step * batch:(step + 1) * batch], twins, twin_rng)
         captions = [caption(s) for s in chunk]
         same = torch.tensor([[a == b for b in captions] for a in captions])    # [n, n]
         img = heads["img"](vision(pixel_values=pixels(chunk, CLIP_MEAN, CLIP_STD)).pooler_output)
@@ -194,8 +222,8 @@ def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
 
 def train_dino_tower(out_dir: str | Path, *, image_size: int = 32, patch: int = 8, hidden: int = 64,
                      layers: int = 3, steps: int = 300, batch: int = 128, lr: float = 2e-3,
-                     seed: int = 0, mask_ratio: float = 0.3, probe_scenes: int = 2000,
-                     progress: bool = True) -> tuple[Path, dict]:
+                     seed: int = 0, mask_ratio: float = 0.3, twins: float = 0.0,
+                     probe_scenes: int = 2000, progress: bool = True) -> tuple[Path, dict]:
     """Train (or load the cached) Dinov2Model self-supervised without any text, with DINOv2's two
     kinds of objective in their simplest stable form:
     - image level: SimCLR agreement between two shifted views of each image (on the CLS output),
@@ -211,7 +239,7 @@ def train_dino_tower(out_dir: str | Path, *, image_size: int = 32, patch: int = 
     out_dir = Path(out_dir)
     settings = {"kind": "dino", "image_size": image_size, "patch": patch, "hidden": hidden,
                 "layers": layers, "steps": steps, "batch": batch, "lr": lr, "seed": seed,
-                "mask_ratio": mask_ratio, "probe_scenes": probe_scenes}
+                "mask_ratio": mask_ratio, "twins": twins, "probe_scenes": probe_scenes}
     if is_done(out_dir, settings):
         return out_dir, json.loads((out_dir / "metrics.json").read_text())
     fresh_dir(out_dir)
@@ -228,12 +256,14 @@ def train_dino_tower(out_dir: str | Path, *, image_size: int = 32, patch: int = 
     pixel_head = torch.nn.Linear(hidden, 3 * patch * patch)
     params = [*vision.parameters(), *head.parameters(), *pixel_head.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
+    twin_rng = random.Random(f"dino-twins:{seed}")
     background = (torch.tensor(BACKGROUND) / 255.0 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
     losses = []
     for step in tqdm(range(steps), desc="DINO tower", disable=not progress, mininterval=2):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr)
-        x = pixels(train[step * batch:(step + 1) * batch], IMAGENET_MEAN, IMAGENET_STD)
+        x = pixels(with_twins(train[step * batch:(step + 1) * batch], twins, twin_rng),
+                   IMAGENET_MEAN, IMAGENET_STD)
         n = len(x)
         views = torch.cat([shifted(x, background, gen), shifted(x, background, gen)])   # [2n, 3, s, s]
         masked = torch.zeros(2 * n, n_patches, dtype=torch.bool)
