@@ -116,13 +116,24 @@ def sanity_check(trained: pd.DataFrame, tasks: pd.DataFrame, out: Path, *, n_sce
                                     template=MINI_TEMPLATE, conditions=("image",), max_new_tokens=8,
                                     batch_size=32, out_dir=out, progress=False)
         joined = answers.merge(subset[["task_id", "answer_key", "question_type"]], on="task_id")
-        correct = [key in concepts(text) for key, text in zip(joined["answer_key"], joined["response"])]
+        joined["correct"] = [key in concepts(text)
+                             for key, text in zip(joined["answer_key"], joined["response"])]
+        by_type = joined.groupby("question_type")["correct"].mean()
         rows.append({"variant": row.variant, "data_lang": row.data_lang, "n": len(joined),
-                     "accuracy": sum(correct) / max(len(joined), 1),
+                     "accuracy": joined["correct"].mean() if len(joined) else 0.0,
                      "chance": (1 / joined["question_type"].map(N_OPTIONS)).mean(),
                      "answer_in_training_language": (joined["response"].map(gold_language)
-                                                     == row.data_lang).mean()})
+                                                     == row.data_lang).mean(),
+                     **{f"accuracy_{qtype}": by_type.get(qtype) for qtype in N_OPTIONS}})
     return pd.DataFrame(rows)
+
+
+def accuracy_by_type(sanity: pd.DataFrame) -> pd.DataFrame:
+    """Mean over variants of the accuracy per question type, beside that type's chance level:
+    which facts about the image the variants can read and which they guess."""
+    return pd.DataFrame([{"question_type": qtype, "accuracy": sanity[f"accuracy_{qtype}"].mean(),
+                          "min_over_variants": sanity[f"accuracy_{qtype}"].min(),
+                          "chance": 1 / n} for qtype, n in N_OPTIONS.items()])
 
 
 def _final_loss(result) -> float | None:
