@@ -7,6 +7,7 @@ miniature's own tiny pretrained models) and in sizes and steps.
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -115,15 +116,20 @@ def sanity_check(trained: pd.DataFrame, tasks: pd.DataFrame, out: Path, *, n_sce
         answers = collect_responses(model, processor, subset, model_name=row.variant,
                                     template=MINI_TEMPLATE, conditions=("image",), max_new_tokens=8,
                                     batch_size=32, out_dir=out, progress=False)
-        joined = answers.merge(subset[["task_id", "answer_key", "question_type"]], on="task_id")
+        joined = answers.merge(subset[["task_id", "answer_key", "question_type", "scene"]], on="task_id")
         joined["correct"] = [key in concepts(text)
                              for key, text in zip(joined["answer_key"], joined["response"])]
         by_type = joined.groupby("question_type")["correct"].mean()
+        single = joined["scene"].map(lambda scene: len(json.loads(scene)["objects"]) == 1)
         rows.append({"variant": row.variant, "data_lang": row.data_lang, "n": len(joined),
                      "accuracy": joined["correct"].mean() if len(joined) else 0.0,
                      "chance": (1 / joined["question_type"].map(N_OPTIONS)).mean(),
                      "answer_in_training_language": (joined["response"].map(gold_language)
                                                      == row.data_lang).mean(),
+                     # one object: reading the image suffices; several: the LM must also find
+                     # the object the question names (the tiny LMs' weak spot, see notebook 02)
+                     "accuracy_one_object": joined.loc[single, "correct"].mean(),
+                     "accuracy_several_objects": joined.loc[~single, "correct"].mean(),
                      **{f"accuracy_{qtype}": by_type.get(qtype) for qtype in N_OPTIONS}})
     return pd.DataFrame(rows)
 
