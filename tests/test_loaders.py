@@ -133,6 +133,18 @@ def test_visit_keeps_rows_rated_correct(fx, cache):
     assert tasks["reference"].isna().sum() == 1                   # empty reference_output -> missing
 
 
+def test_a_local_copy_moved_elsewhere_is_read_from_its_new_place(tmp_path):
+    """Regression: datasets served a moved local imagefolder from its cache, whose image paths
+    pointed into the old, deleted folder (FileNotFoundError in notebook 01)."""
+    import shutil
+    from ifl.smoke.fixtures import write_visit
+    old, new, cache = tmp_path / "old", tmp_path / "new", tmp_path / "cache"
+    first = load_visit(write_visit(old), cache_dir=cache, check_counts=False)
+    shutil.rmtree(old)
+    again = load_visit(write_visit(new), cache_dir=cache, check_counts=False)
+    assert again["image"].tolist() == first["image"].tolist()
+
+
 def test_visit_translations_share_parallel_ids(fx, cache):
     en = load_visit(fx["visit"], cache_dir=cache, check_counts=False)
     n = len(en)

@@ -167,10 +167,14 @@ def load_hub_dataset(spec: SourceSpec, source: str | os.PathLike | None = None, 
     import datasets
 
     path, revision = resolve(spec, source, revision)
+    # A local copy is prepared afresh: datasets' cache key for a local imagefolder does not
+    # follow the folder, so a copy moved or rebuilt elsewhere (same files) was served from a
+    # cache whose image paths point into the old, possibly deleted, folder.
+    mode = "force_redownload" if is_local(path) else None
     try:
         return datasets.load_dataset(path, split=split, data_files=data_files, revision=revision,
                                      cache_dir=None if cache_dir is None else str(cache_dir),
-                                     token=token)
+                                     token=token, download_mode=mode)
     except _hub_failures() as error:
         if is_local(path):
             raise
