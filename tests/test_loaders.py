@@ -45,7 +45,7 @@ def test_fixtures_are_hub_layouts_and_idempotent(tmp_path):
     assert "configs:" in (paths["maxm"] / "README.md").read_text()
     files = sorted(p for p in tmp_path.rglob("*") if p.is_file())
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files}
-    write_fixtures(tmp_path)  # unchanged bytes are not rewritten: mtimes (and caches) survive
+    write_fixtures(tmp_path)  # unchanged bytes are not rewritten: mtimes survive
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files} == before
 
 

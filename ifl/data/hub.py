@@ -6,8 +6,8 @@ out like the hub repo (what `hf download --local-dir` makes). Both go through th
 `datasets.load_dataset(source, revision=...)` call, so the offline fixtures in
 `ifl.smoke.fixtures` exercise the real code path. `revision=None` means the pin of
 `sources.yaml` when `source` is that hub id (any other hub id: its latest commit); a local copy
-has no revision. Loaded data is cached by `datasets` (`cache_dir`), so a second load
-downloads nothing.
+has no revision. Data loaded from the hub is cached by `datasets` (`cache_dir`), so a second
+load downloads nothing; a local copy is prepared afresh at every load (see `load_hub_dataset`).
 
 >>> spec = source_spec("maxm")
 >>> spec.params_key
