@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ifl.params import ParamsError, check_files, dump, load_params, notebook_parameters
 from ifl.params_schema import Params
-from ifl.stage import STAGE_FILE, pipeline
+from ifl.stage import STAGE_FILE, pipeline, prerequisites
 
 NOTEBOOK_DIR = Path("notebooks")
 KERNEL = "ifl"
@@ -143,15 +143,14 @@ def run_notebook(name: str, params: Params, root: Path, run_dir: Path, rendered:
 
 
 def _check_prerequisites(params: Params, selected: list[str], root: Path) -> None:
-    """A selected notebook whose inputs are neither selected before it nor saved: stop now."""
+    """A selected notebook whose inputs (ifl/artifacts.csv) are neither selected before it nor
+    saved: stop now."""
     run_dir, _ = _layout(params, root)
-    by_number = {row["number"]: row for row in pipeline()}
     for name in selected:
-        number = name.split("_", 1)[0]
-        for req in by_number[number]["requires"].split():
-            req_name = by_number[req]["name"]
+        for req_name in prerequisites(name):
             will_run = req_name in selected and selected.index(req_name) < selected.index(name)
             if not will_run and not (run_dir / req_name / STAGE_FILE).exists():
+                req = req_name.split("_", 1)[0]
                 raise ParamsError(
                     f"notebook {name} needs the outputs of {req_name}, which are not in {run_dir}; "
                     f"run it first: ./run_all.sh <params> --only {req} (or use --from {req})")
