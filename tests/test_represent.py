@@ -164,7 +164,7 @@ def test_cka_results_need_the_same_examples_and_square_layout():
     figure puts linear CKA on and below the diagonal, RBF above."""
     import pandas as pd
 
-    from ifl.prepare_umap_cka import cka_results, cka_square
+    from ifl.stages.umap_cka import cka_results, cka_square
     from ifl.represent import Representations
 
     rng = np.random.RandomState(0)

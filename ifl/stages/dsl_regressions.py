@@ -37,6 +37,12 @@ def model_order(models: pd.DataFrame | pd.Series) -> list[str]:
     return sorted(names, key=key)
 
 
+def english_trained(models: list[str]) -> set[str]:
+    """The models that play the paper's LLaVA role: the off-the-shelf ones and the variants
+    trained on English data (shown in bold in Figure 1)."""
+    return {m for m in models if m.endswith("-en") or m in MODEL_ORDER}
+
+
 def figure1(scored: pd.DataFrame, p: DslRegressions, *, seed: int) -> pd.DataFrame:
     """Figure 1: IFL (image effect on fidelity) per model x benchmark, every estimator, with the
     paper's reported value where the paper reports that cell (`paper`, as a proportion)."""

@@ -6,8 +6,8 @@ import pytest
 from ifl.data.miniature import make_tasks
 from ifl.langid import load_fallback
 from ifl.params_schema import CollectResponses, ScoreLanguages
-from ifl.prepare_collect import models_table, select_tasks
-from ifl.prepare_score import annotate, score_responses
+from ifl.stages.collect_responses import models_table, select_tasks
+from ifl.stages.score_languages import annotate, score_responses
 
 
 def variants():
@@ -50,7 +50,7 @@ def test_select_tasks_keeps_the_same_items_in_every_language():
 
 
 def test_responses_of_retrained_weights_are_collected_again(tmp_path):
-    from ifl.prepare_collect import forget_stale, weights_id
+    from ifl.stages.collect_responses import forget_stale, weights_id
     weights = tmp_path / "variant"
     weights.mkdir()
     (weights / "config.json").write_text("{}")
