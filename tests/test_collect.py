@@ -182,10 +182,10 @@ def test_resume_after_sigkill(tiny, tasks, reference, tmp_path):
     child = subprocess.Popen([sys.executable, str(script), str(tmp_path / "tasks.parquet"), str(out)],
                              cwd=ROOT, env=os.environ | {"HF_HUB_OFFLINE": "1"},
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 600  # a guard against a hung child, not a speed check
     while len(list((out / "tiny").glob("part-*.parquet"))) < 2:
         assert child.poll() is None, child.stdout.read().decode()[-2000:]
-        assert time.monotonic() < deadline, "child wrote no parts in 60 s"
+        assert time.monotonic() < deadline, "child wrote no parts in 600 s"
         time.sleep(0.02)
     child.send_signal(signal.SIGKILL)
     child.wait()
@@ -273,14 +273,12 @@ def test_load_responses_deduplicates_and_complains(tmp_path):
 
 
 def test_throughput_benchmark_tiny_check():
-    start = time.monotonic()
     run = subprocess.run([sys.executable, "benchmarks/collect_throughput.py", "--tiny", "--check"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120,
                          env=os.environ | {"HF_HUB_OFFLINE": "1"})
     assert run.returncode == 0, run.stderr[-3000:]
     assert "check passed" in run.stdout
     assert "collect bs=64" in run.stdout and "tiny/4bit" in run.stdout
-    assert time.monotonic() - start < 60
 
 
 def test_default_shard_from_launcher(monkeypatch):

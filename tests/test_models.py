@@ -4,7 +4,6 @@ left-padded generation, and the errors a user sees without the weights."""
 import doctest
 import hashlib
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -27,10 +26,7 @@ FAKE_SHA = "0123456789abcdef0123456789abcdef01234567"
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("smoke")
-    start = time.perf_counter()
-    paths = write_tiny_llava_models(root)
-    paths["_seconds"] = time.perf_counter() - start
-    return paths
+    return write_tiny_llava_models(root)
 
 
 @pytest.fixture(scope="module")
@@ -253,8 +249,7 @@ def test_tokenizers_cover_the_paper_languages(tiny):
             assert tokenizer.decode(ids) == text, (name, text)
 
 
-def test_stand_ins_are_idempotent_fast_and_deterministic(tiny, tmp_path):
-    assert tiny["_seconds"] < 15
+def test_stand_ins_are_idempotent_and_deterministic(tiny, tmp_path):
     weights = tiny["tiny-llava-1.5"] / "model.safetensors"
     before = weights.stat().st_mtime_ns
     root = tiny["tiny-llava-1.5"].parent.parent

@@ -16,9 +16,14 @@ def write(tmp_path, content: dict) -> Path:
 
 
 @pytest.mark.parametrize("path", PARAMS_FILES, ids=lambda p: p.name)
-def test_shipped_params_files_validate(path):
+def test_shipped_params_files_validate_and_keep_every_value_they_set(path):
     params = load_params(path)
-    assert params.common.run_name
+    assert params.common.run_name == path.stem  # each file's outputs go to a folder of its name
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    resolved = yaml.safe_load(dump(params))
+    for section, block in raw.items():
+        for key, value in (block or {}).items():
+            assert resolved[section][key] == value, f"{path.name}: {section}.{key}"
 
 
 def test_unknown_section_is_named_with_a_suggestion(tmp_path):

@@ -9,9 +9,11 @@ FIGURES = ["05_figure1_ifl", "05_ifl_by_language", "05_table4_design_effects"]
 
 
 def _sane(effects: pd.DataFrame) -> None:
-    """Every DSL row is either an estimate inside its interval or a row saying why not."""
+    """Every DSL row is either an estimate inside its interval or a row saying why not, and at
+    least one row is an estimate (a figure of nothing but skipped cells would pass otherwise)."""
     dsl = effects[effects["estimator"] == "dsl"]
     done = dsl["estimate"].notna()
+    assert done.any(), "no cell of this figure was estimated"
     assert (dsl.loc[done, "ci_low"] <= dsl.loc[done, "estimate"]).all()
     assert (dsl.loc[done, "estimate"] <= dsl.loc[done, "ci_high"]).all()
     assert dsl.loc[~done, "note"].fillna("").astype(str).str.match(r"(skipped|not estimated|not in the design)").all()

@@ -42,7 +42,7 @@ def test_published_values(xy):
 
 
 @pytest.mark.parametrize("kernel", ["linear", "rbf"])
-def test_invariances(xy, kernel):
+def test_cka_is_invariant_to_rotation_scale_translation_and_order_but_not_linear_maps(xy, kernel):
     X, Y = xy
     base = cka(X, Y, kernel=kernel)
     Q, _ = np.linalg.qr(np.random.RandomState(0).randn(10, 10))
