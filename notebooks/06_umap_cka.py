@@ -31,7 +31,7 @@
 #   above). High CKA means the image is embedded alike whatever the LLM and training language:
 #   the language bias is not in the projector's placement but in how the LLM reads it.
 #
-# **Our choices where the paper is silent** (all params; shared/reference/STEERING_CKA_UMAP.md):
+# **Our choices where the paper is silent** (all params; docs/steering_cka_umap.md):
 # - the UMAP is fitted once on image and text tokens together, with cosine distance (the two
 #   kinds differ a lot in norm, which Euclidean distance would show as a separation of its own),
 #   `n_neighbors=15, min_dist=0.1`, seeded (umap-learn is then single-threaded and exact);

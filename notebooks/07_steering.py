@@ -32,7 +32,7 @@
 #
 # fidelity being the share of replies that GlotLID says are in the query's language.
 #
-# **Our choices where the paper is silent** (params; shared/reference/STEERING_CKA_UMAP.md §1):
+# **Our choices where the paper is silent** (params; docs/steering_cka_umap.md §1):
 # - layer l = a 0-based index into the decoder layers, steered at its output (=
 #   `hidden_states[l + 1]`); default `n_layers // 3`; the convention is saved with the vectors;
 # - $\text{LLM}_l(x)$ is read at that same site on a text-only pass of the raw sentence (no chat

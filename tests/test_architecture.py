@@ -141,3 +141,17 @@ def test_notebooks_open_with_begin_and_keep_no_device_logic():
         assert f'begin(globals(), "{path.stem}")' in source, path.name
         for glue in ("cuda.is_available", "__import__(", "def free_memory", "from ifl.params import from_notebook"):
             assert glue not in source, f"{path.name} still holds {glue!r}"
+
+
+def test_the_repository_cites_only_documents_it_contains():
+    """Design notes a reader needs live under docs/; nothing points outside the repository."""
+    outside = ["shared" + "/reference", "ANCH" + "ORS", "DESIGN" + ".md", "SOURCES" + ".md",
+               "STEERING_CKA" + "_UMAP.md", "the issue's" + " target"]
+    files = [p for folder in ("ifl", "notebooks", "tests", "benchmarks", "docs", "scripts")
+             for p in (ROOT / folder).rglob("*") if p.is_file() and p.suffix in (".py", ".md", ".yaml", ".csv", ".sh")]
+    files += [ROOT / "README.md", ROOT / "run_all.sh", ROOT / "run_tests.sh"]
+    for path in files:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        assert not [w for w in outside if w in text], f"{path.relative_to(ROOT)} cites {[w for w in outside if w in text]}"
+    cited = {m for p in files for m in re.findall(r"docs/[a-z_]+\.md", p.read_text(encoding="utf-8", errors="replace"))}
+    assert cited and all((ROOT / c).is_file() for c in cited), cited

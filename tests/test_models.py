@@ -58,7 +58,7 @@ def test_table_rows_are_consistent(tiny):
             assert template(info.template).name == info.template
         for part in (info.llm, info.vision):
             assert part is None or part in table
-    assert model_info("bakllava").template == "llava_hf"  # SOURCES.md §8: trained with LLaVA's prompt
+    assert model_info("bakllava").template == "llava_hf"  # docs/sources.md §8a: trained with LLaVA's prompt
     with pytest.raises(KeyError, match="ifl/models.yaml"):
         model_info("llava-2")
 
@@ -106,7 +106,7 @@ def test_saved_chat_templates_render_like_the_table(tiny):
         rendered = AutoProcessor.from_pretrained(tiny[name]).apply_chat_template(
             conv, add_generation_prompt=True)
         assert rendered == query(template(expected), "Why?", image=True), name
-    gemma = load_tokenizer(tiny["tiny-llava-gemma"])  # SOURCES.md §8: string content, bos in text
+    gemma = load_tokenizer(tiny["tiny-llava-gemma"])  # docs/sources.md §8a: string content, bos in text
     rendered = gemma.apply_chat_template([{"role": "user", "content": "<image>\nWhy?"}],
                                          tokenize=False, add_generation_prompt=True)
     assert rendered == "<bos>" + query(template("gemma"), "Why?", image=True)

@@ -118,3 +118,21 @@ def test_notebook_keys_never_shadow_common_keys():
     for name, block in SECTIONS.items():
         if name != "common":
             assert not common & set(block.model_fields), name
+
+
+def test_docs_params_lists_every_key_whose_default_yaml_value_differs_from_the_schema():
+    """docs/params.md says which value is which: its table names exactly the keys of
+    params/default.yaml that differ from the schema default."""
+    from ifl.params_schema import SECTIONS
+
+    raw = yaml.safe_load(Path("params/default.yaml").read_text(encoding="utf-8"))
+    differ = set()
+    for section, model in SECTIONS.items():
+        for name, field in model.model_fields.items():
+            key = field.alias or name
+            block = raw.get(section) or {}
+            if key in block and block[key] != field.get_default(call_default_factory=True):
+                differ.add((section, key))
+    rows = [line.split("|")[1:3] for line in Path("docs/params.md").read_text(encoding="utf-8").splitlines()
+            if line.startswith("| ") and not line.startswith("| section")]
+    assert {(s.strip(), k.strip()) for s, k in rows} == differ

@@ -1,6 +1,6 @@
 """LLaVA JSON records -> token ids with answer-only labels, pixel tensors, padded micro-batches.
 
-Record (LLaVA's schema, SOURCES.md §5; `image` absent for text-only records):
+Record (LLaVA's schema, docs/sources.md §5; `image` absent for text-only records):
     {"id": "...", "image": "coco/train2017/1.jpg",
      "conversations": [{"from": "human", "value": "<image>\\nWhat is it?"}, {"from": "gpt", ...}]}
 

@@ -35,7 +35,7 @@ from ifl.stage import write_json_atomic
 from ifl.train.lora import LoraSettings
 from ifl.train.loop import TrainResult, train_stage
 
-# Components of §8b (SOURCES.md), read from the one model table (ifl/models.yaml);
+# Components of docs/sources.md §8b, read from the one model table (ifl/models.yaml);
 # "template" is each LLM's chat format in ifl/prompts.yaml.
 LLMS = {name: {"hub": model_info(name).hub_id, "template": model_info(name).template}
         for name in ("vicuna", "yi", "leo")}
