@@ -34,6 +34,7 @@ from ifl.prompts import ChatTemplate, template as get_template
 from ifl.stage import write_json_atomic
 from ifl.train.lora import LoraSettings
 from ifl.train.loop import TrainResult, train_stage
+from ifl.train.settings import StageSettings
 
 # Components of docs/sources.md §8b, read from the one model table (ifl/models.yaml);
 # "template" is each LLM's chat format in ifl/prompts.yaml.
@@ -73,48 +74,6 @@ def variant(name: str, **kwargs) -> VariantSpec:
                    f"{', '.join(s.name for s in design_space(**kwargs))}")
 
 
-@dataclass(frozen=True)
-class StageSettings:
-    """Arguments of one `train_stage` call. format: "chat" (the LLM's template) or "plain"
-    (LLaVA-1.5's stage-1 format: image then caption). Constructors give LLaVA-1.5's values."""
-    lr: float
-    global_batch: int
-    micro_batch: int
-    epochs: float = 1.0
-    max_steps: int | None = None
-    warmup_ratio: float = 0.03
-    scheduler: str = "cosine"
-    weight_decay: float = 0.0
-    max_grad_norm: float | None = 1.0
-    max_length: int = 2048
-    format: str = "chat"
-    image_to_front: bool = True
-    pad_to_square: bool = False
-    save_every: int | None = None
-    gradient_checkpointing: bool = False
-    num_workers: int = 0
-    preload_images: bool | None = None
-    loss_norm: str = "tokens"
-    extra: dict = field(default_factory=dict)  # any other train_stage keyword
-
-    @classmethod
-    def llava_stage1(cls, micro_batch: int = 32, **kw) -> "StageSettings":
-        """pretrain.sh: projector only, lr 1e-3, batch 256, 'plain' prompts, square images."""
-        return cls(**({"lr": 1e-3, "global_batch": 256, "micro_batch": micro_batch,
-                       "format": "plain", "save_every": 200} | kw))
-
-    @classmethod
-    def llava_stage2(cls, micro_batch: int = 16, **kw) -> "StageSettings":
-        """finetune.sh: projector + LLM, lr 2e-5, batch 128, chat template, images padded square."""
-        return cls(**({"lr": 2e-5, "global_batch": 128, "micro_batch": micro_batch,
-                       "pad_to_square": True, "save_every": 200} | kw))
-
-    def train_kwargs(self) -> dict:
-        kw = asdict(self)
-        kw.pop("format")
-        return kw.pop("extra") | kw
-
-
 @dataclass
 class VariantResult:
     spec: VariantSpec
@@ -145,6 +104,8 @@ def recipe(spec: VariantSpec, llm_path, vision_path, stage1: StageSettings, stag
     def plain(settings: StageSettings) -> dict:
         d = asdict(settings)
         d["extra"] = {k: v for k, v in d["extra"].items() if not callable(v)}
+        if d["adam_eps"] == StageSettings.adam_eps:  # recorded only when changed, so variants
+            del d["adam_eps"]                         # trained before it was a setting stay done
         return d
     return json.loads(json.dumps(
         {"spec": asdict(spec), "llm": component_id(llm_path), "vision": component_id(vision_path),
@@ -208,10 +169,10 @@ def train_variant(spec: VariantSpec, llm_path: str | Path, vision_path: str | Pa
     def run(model, processor, settings: StageSettings, stage: str, part: str) -> TrainResult:
         fmt = "plain" if settings.format == "plain" else chat
         images = folders.get(part, manifest.get("image_folder"))
-        return train_stage(model, processor, manifest[spec.data_lang][part], images, fmt,
+        return train_stage(model, processor, manifest[spec.data_lang][part], images, fmt, settings,
                            stage=stage, out_dir=out / f"stage{1 if stage == 'projector' else 2}",
                            seed=seed, qlora=qlora if stage == "full" else None,
-                           progress=progress, **settings.train_kwargs())
+                           progress=progress, **settings.extra)
 
     model = processor = None  # a finished stage 1 is only read back: no need to load the LLM
     if not (out / "stage1" / RESULT).exists():
