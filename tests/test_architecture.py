@@ -155,3 +155,15 @@ def test_the_repository_cites_only_documents_it_contains():
         assert not [w for w in outside if w in text], f"{path.relative_to(ROOT)} cites {[w for w in outside if w in text]}"
     cited = {m for p in files for m in re.findall(r"docs/[a-z_]+\.md", p.read_text(encoding="utf-8", errors="replace"))}
     assert cited and all((ROOT / c).is_file() for c in cited), cited
+
+
+def test_the_companion_links_the_declared_outputs_a_stage_wrote(tmp_path):
+    from ifl.companion import _output_links
+
+    stage_dir = tmp_path / "runs/r/04_score_languages"
+    stage_dir.mkdir(parents=True)
+    (stage_dir / "scored.parquet").write_bytes(b"x")
+    (stage_dir / "scratch.txt").write_text("not declared")
+    links = _output_links(tmp_path / "runs/r", "04_score_languages", tmp_path / "rendered/r")
+    assert 'href="../../runs/r/04_score_languages/scored.parquet"' in links
+    assert "scratch.txt" not in links and "identifier.json" not in links  # undeclared / not written
