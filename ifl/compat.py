@@ -39,6 +39,7 @@ _LANGUAGE_MODEL_PATHS = (
     "model.language_model",  # LLaVA, transformers >= 4.52 (LlavaModel.language_model)
     "language_model.model",  # LLaVA, transformers < 4.52 (LlavaForConditionalGeneration.language_model)
     "model",                 # a plain causal LM (LlamaForCausalLM.model), e.g. a design-space base LLM
+    "model.text_model",      # Idefics3 / SmolVLM (Idefics3Model.text_model)
 )
 
 
