@@ -105,19 +105,38 @@ def image_features(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor
     return out
 
 
+# Kept in full precision under 4-/8-bit loading, as LLaVA's own 4-bit loader does (only the LLM's
+# linear layers are quantised): quantising the CLIP tower and the projector changes the image
+# features for no memory worth having. transformers 5 matches a pattern from the start of the
+# module path ("model.vision_tower...") or as its suffix, and by default skips only the output
+# embeddings; 4.x matched substrings of top-level paths ("vision_tower..."). Both spellings here.
+LLAVA_UNQUANTISED = ("model.vision_tower", "model.multi_modal_projector", "vision_tower",
+                     "multi_modal_projector", "lm_head")
+
+
+def nf4_config(compute_dtype: torch.dtype = torch.bfloat16, skip=LLAVA_UNQUANTISED):
+    """The one NF4 config of the package (inference, QLoRA training, the synthetic models): NF4
+    with double quantisation (QLoRA, Dettmers et al. 2023), `compute_dtype` compute, the modules
+    in `skip` left unquantised (None: transformers' default)."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute_dtype,
+                              llm_int8_skip_modules=list(skip) if skip else None)
+
+
 def bnb_config(kind: str | None, compute_dtype: torch.dtype = torch.bfloat16):
-    """BitsAndBytesConfig for `quantization` = "4bit" (NF4, double quantisation, bf16 compute: the
-    QLoRA recipe) or "8bit" (LLM.int8); None -> None. Pass as `quantization_config=` (5.x)."""
+    """BitsAndBytesConfig of a LLaVA model for `quantization` = "4bit" (`nf4_config`) or "8bit"
+    (LLM.int8); None -> None. Tower, projector and lm_head stay unquantised
+    (`LLAVA_UNQUANTISED`). Pass as `quantization_config=` (5.x)."""
     if kind is None:
         return None
     from transformers import BitsAndBytesConfig
 
     if kind == "4bit":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                  bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=compute_dtype)
+        return nf4_config(compute_dtype)
     if kind == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(LLAVA_UNQUANTISED))
     raise ValueError(f"quantization must be None, '4bit' or '8bit', got {kind!r}")
 
 

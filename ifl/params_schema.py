@@ -202,6 +202,12 @@ class CollectResponses(Block):
     quantization: Literal["none", "4bit", "8bit"] = Field("4bit", description=(
         "4bit = NF4 via bitsandbytes (one 24 GB GPU); none = dtype as is"))
     threads: int = Field(2, ge=1, le=256, description="CPU threads (miniature)")
+    precision_check: bool = Field(False, description=(
+        "also collect a seeded sample of tasks in both NF4 and bf16 and report each one's IFL "
+        "and their difference with a cluster-bootstrap CI (precision_check.csv): did 4-bit "
+        "move the result?"))
+    precision_check_items: int = Field(50, ge=2, description=(
+        "parallel items in the precision check's sample (all languages of each)"))
 
 
 class ScoreLanguages(Block):

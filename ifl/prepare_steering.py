@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from ifl.collect import collect_responses
 from ifl.params_schema import ScoreLanguages, Steering
+from ifl.prepare_collect import run_template
 from ifl.score import join_tasks, score_language
 from ifl.steer import LanguageSteering, steering_vector
 
@@ -93,7 +94,7 @@ def collect_steered(model, processor, row, tasks: pd.DataFrame, vecs: dict, p: S
         if part.empty:
             continue
         name = steered_name(row.model, vec, p)
-        df = collect_responses(model, processor, part, model_name=name, template=row.template,
+        df = collect_responses(model, processor, part, model_name=name, template=run_template(row),
                                conditions=("image",), max_new_tokens=p.max_new_tokens,
                                batch_size=p.batch_size, out_dir=out_dir, progress=progress,
                                steering=LanguageSteering.of(vec, p.scale, p.positions))

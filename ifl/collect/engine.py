@@ -108,7 +108,8 @@ def _eos_ids(model, tokenizer) -> set[int]:
 
 
 def generate_batch(model, processor, items: list[Item], *, max_new_tokens: int,
-                   min_new_tokens: int | None = None, steering: Callable | None = None) -> list[dict]:
+                   min_new_tokens: int | None = None, steering: Callable | None = None,
+                   stop_ids: list[int] | None = None) -> list[dict]:
     """Greedy completions of `items` in one processor call and one `generate` call.
 
     inputs: input_ids/attention_mask [batch, prompt_len] (left-padded), pixel_values
@@ -117,7 +118,9 @@ def generate_batch(model, processor, items: list[Item], *, max_new_tokens: int,
     `generate` (e.g. hooks adding a vector at one layer; it sees the batch's attention mask).
     Returns one dict per item: task_id, condition, prompt, response, n_prompt_tokens,
     n_new_tokens (up to and including the first end-of-sequence token), seconds (this
-    batch's wall time / batch size), batch_size."""
+    batch's wall time / batch size), batch_size.
+    stop_ids: token ids that end an answer (`ifl.prompts.stop_token_ids`: eos plus the chat
+    template's end-of-turn); None: the generation config's and tokenizer's eos only."""
     tok = processor.tokenizer
     start = time.perf_counter()
     images = [decode_image(it.image) for it in items] if items[0].image is not None else None
@@ -126,8 +129,9 @@ def generate_batch(model, processor, items: list[Item], *, max_new_tokens: int,
     # floats (pixel_values) to the model's dtype (bf16, or the compute dtype of a 4-bit model)
     inputs = inputs.to(model.device, dtype=model.dtype)
     prompt_len = inputs["input_ids"].shape[1]
+    eos = set(stop_ids) if stop_ids is not None else _eos_ids(model, tok)
     kwargs = dict(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
-                  pad_token_id=tok.pad_token_id)
+                  pad_token_id=tok.pad_token_id, eos_token_id=sorted(eos))
     if min_new_tokens:
         kwargs["min_new_tokens"] = min_new_tokens
     with torch.inference_mode(), (steering(model, inputs) if steering else nullcontext()):
@@ -135,7 +139,6 @@ def generate_batch(model, processor, items: list[Item], *, max_new_tokens: int,
     new = out[:, prompt_len:].cpu().tolist()   # [batch, new_len]; finished rows padded after eos
     n_prompt = inputs["attention_mask"].sum(dim=1).cpu().tolist()
     seconds = (time.perf_counter() - start) / len(items)
-    eos = _eos_ids(model, tok)
     rows = []
     for it, ids, n_p in zip(items, new, n_prompt):
         n_new = next((k + 1 for k, t in enumerate(ids) if t in eos), len(ids))

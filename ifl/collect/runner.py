@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ifl.collect.engine import CONDITIONS, AdaptiveBatches, build_items, generate_batch, measure, order
 from ifl.collect.store import (KEY, PartWriter, check_settings, default_shard, load_responses,
                                model_dir, shard_dir, shard_of)
-from ifl.prompts import ChatTemplate
+from ifl.prompts import ChatTemplate, stop_token_ids
 from ifl.prompts import template as get_template
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,9 @@ def collect_responses(model, processor, tasks: pd.DataFrame, *, model_name: str,
     folder.mkdir(parents=True, exist_ok=True)
     check_settings(folder, model_dir(out_dir, model_name),
                    dict(model=model_name, template=t.name, max_new_tokens=max_new_tokens,
-                        min_new_tokens=min_new_tokens, steering=_describe(steering)))
+                        min_new_tokens=min_new_tokens, steering=_describe(steering),
+                        # recorded only when set, so runs stored before the key existed resume
+                        **({} if t.image_first else {"image_first": False})))
     done = set(map(tuple, load_responses(out_dir, model_name)[KEY].itertuples(index=False)))
     todo = [it for it in items if (it.task_id, it.condition) not in done]
     log.info("%s shard %d/%d: %d of %d completions to do", model_name, i, n, len(todo), len(items))
@@ -79,7 +81,8 @@ def collect_responses(model, processor, tasks: pd.DataFrame, *, model_name: str,
         measure(todo, processor)
         _run(model, processor, todo, folder, model_name=model_name, batch_size=batch_size,
              flush_every=flush_every, progress=progress, max_new_tokens=max_new_tokens,
-             min_new_tokens=min_new_tokens, steering=steering)
+             min_new_tokens=min_new_tokens, steering=steering,
+             stop_ids=stop_token_ids(t, processor.tokenizer, model.generation_config))
 
     wanted = {(it.task_id, it.condition) for it in items}
     out = load_responses(out_dir, model_name)
