@@ -229,8 +229,8 @@ def bench_speedups(args) -> list[dict]:
             processor = offline_processor(config, tok)
             tasks = parallel_tasks(args.images, args.langs, config.vision_config.image_size)
             plain = None
-            for mode in modes:
-                for bs in args.batch_sizes:
+            for bs in args.batch_sizes:  # all modes of one batch size first (a timeout cuts the rest)
+                for mode in modes:
                     def run():
                         with tempfile.TemporaryDirectory() as out_dir:
                             return collect_responses(
@@ -257,6 +257,7 @@ def bench_speedups(args) -> list[dict]:
                         speedup=base[1] / row["seconds_per_completion"] if base else float("nan"),
                         same_rows=bool(base[0][cols].equals(df[cols])) if base else None,
                         peak_gib=row["peak_gib"]))
+                    print("row", json.dumps(results[-1], default=str), flush=True)  # kept on timeout
             del model
     return results
 
