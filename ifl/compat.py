@@ -161,3 +161,61 @@ def processor_classes(processor) -> dict[str, str]:
         if getattr(processor, part, None) is not None:
             out[part] = type(getattr(processor, part)).__name__
     return out
+
+
+# --- KV caches (ifl.collect.prefix) -------------------------------------------------------------
+# transformers 5.x holds a cache's tensors per layer (`cache.layers[i].keys/values`; 4.x had
+# `cache.key_cache[i]`), returns it as `past_key_values` on model outputs (renamed `cache` in
+# 5.2x, with `past_key_values` kept as a deprecated alias on inputs), and a StaticLayer's
+# `update` writes at `cache_kwargs["cache_position"]` (<= 5.1x) or after its own running length
+# (5.2x). Each function below reads whichever this version has.
+
+def generate_cache_kwarg() -> str:
+    """The name under which generate() takes a ready KV cache ("cache" since 5.2x)."""
+    import inspect
+
+    from transformers import GenerationMixin
+
+    params = inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def forward_cache(output) -> Any:
+    """The KV cache a forward pass with use_cache=True returned."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
+def cache_layer_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(keys, values) [batch, kv_heads, seq, head_dim] of every layer of a DynamicCache."""
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache))
+
+
+def select_cache_rows(cache, rows: torch.Tensor) -> None:
+    """Keep (and repeat) batch rows of a DynamicCache in place: row i becomes old row rows[i]."""
+    cache.batch_select_indices(rows)
+
+
+def static_cache_from(model, cache, rows: torch.Tensor, *, max_cache_len: int):
+    """A StaticCache of `max_cache_len` positions holding `cache`'s rows `rows` at positions
+    0..len-1 (what a compiled decode step needs: fixed shapes)."""
+    from transformers import StaticCache
+
+    static = StaticCache(config=model.config, max_cache_len=max_cache_len)
+    for i, (k, v) in enumerate(cache_layer_tensors(cache)):
+        positions = torch.arange(k.shape[-2], device=k.device)
+        static.update(k[rows], v[rows], i, {"cache_position": positions})
+    return static
+
+
+def compile_config(device: torch.device):
+    """generate()'s settings for compiling the decode step. transformers compiles only on
+    accelerators unless `_compile_all_devices` is set (CPU: for tests)."""
+    from transformers import CompileConfig
+
+    config = CompileConfig(fullgraph=False, dynamic=False)
+    if torch.device(device).type == "cpu":
+        config._compile_all_devices = True
+    return config

@@ -273,14 +273,12 @@ def test_load_responses_deduplicates_and_complains(tmp_path):
 
 
 def test_throughput_benchmark_tiny_check():
-    start = time.monotonic()
     run = subprocess.run([sys.executable, "benchmarks/collect_throughput.py", "--tiny", "--check"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120,
                          env=os.environ | {"HF_HUB_OFFLINE": "1"})
     assert run.returncode == 0, run.stderr[-3000:]
     assert "check passed" in run.stdout
     assert "collect bs=64" in run.stdout and "tiny/4bit" in run.stdout
-    assert time.monotonic() - start < 60
 
 
 def test_default_shard_from_launcher(monkeypatch):
