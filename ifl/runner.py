@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shlex
 import sys
 import time
@@ -122,6 +123,15 @@ def check_writable(params: Params, root: Path) -> None:
                               "(-p common.output_root=DIR).") from None
 
 
+_FULL = re.compile(r"^\[Errno (28|122|30)\] ([^:]+): '?(.+?)'?$")  # ENOSPC, EDQUOT, EROFS
+
+
+def _disk_full(failure) -> str | None:
+    """'No space left on device writing FILE' for a cell that failed writing; else None."""
+    match = _FULL.match(str(failure.evalue).strip())
+    return f"{match.group(2)} writing {match.group(3)}" if match else None
+
+
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted"
@@ -165,6 +175,7 @@ def run_notebook(name: str, params: Params, root: Path, run_dir: Path, rendered:
     from papermill.exceptions import PapermillExecutionError
 
     from ifl.companion import export_html
+    from ifl.kernel_io import logged_kernel_manager
 
     nb = jupytext.read(root / NOTEBOOK_DIR / f"{name}.py")
     nb.metadata["kernelspec"] = {"name": KERNEL, "display_name": "Python (ifl)", "language": "python"}
@@ -190,7 +201,8 @@ def run_notebook(name: str, params: Params, root: Path, run_dir: Path, rendered:
         with _quiet_kernel_shutdown():
             papermill.execute_notebook(nb, str(out_ipynb), parameters=notebook_parameters(params, name),
                                        kernel_name=KERNEL, cwd=str(root), log_output=True,
-                                       progress_bar=sys.stderr.isatty())
+                                       progress_bar=sys.stderr.isatty(),
+                                       kernel_manager_class=logged_kernel_manager(log_path))
     except PapermillExecutionError as exc:
         failure = exc
     except OSError as exc:  # the runner's own writes (rendered notebook, log): disk full, read-only
@@ -206,6 +218,10 @@ def run_notebook(name: str, params: Params, root: Path, run_dir: Path, rendered:
     except OSError as exc:
         html = f"(no HTML: {_one_line(exc)})"
     seconds = time.time() - started
+    if failure is not None and (full := _disk_full(failure)):
+        print(f"[ifl] {name} FAILED after {seconds:.1f} s: {full} (cell In [{failure.exec_count}]); "
+              f"what it saved before stays. Notebook: {html}; log: {log_path}", file=sys.stderr)
+        return False
     if failure is not None:
         cell_source = _cell_source(out_ipynb, failure.exec_count)
         report = (f"[ifl] {name} FAILED after {seconds:.1f} s in cell In [{failure.exec_count}]:\n"
