@@ -180,3 +180,14 @@ def test_the_offline_message_and_the_pre_run_check_agree_on_local_paths(tmp_path
     # and a loader given such a missing path says so instead of asking the hub for it
     with pytest.raises(SourceUnavailableError, match="there is no folder some/where/llavaw"):
         resolve(SOURCES["llavaw"], "some/where/llavaw", None)
+
+
+def test_doctests_of_the_reliability_modules():
+    import doctest
+
+    import ifl.annotate
+    import ifl.data.hub
+    import ifl.runlock
+    import ifl.stage
+    for module in (ifl.runlock, ifl.stage, ifl.data.hub, ifl.annotate):
+        assert doctest.testmod(module).failed == 0, module.__name__

@@ -104,7 +104,8 @@ def resolve(spec: SourceSpec, source: str | os.PathLike | None,
         return str(Path(source).expanduser()), None
     source = str(source)
     if is_path_like(source):
-        raise SourceUnavailableError(f"{spec.name}: there is no folder {source}." + _how_to_get(spec))
+        raise SourceUnavailableError(f"{spec.name}: {source!r} is neither a directory nor a hub id "
+                                     f"(there is no folder {source})." + _how_to_get(spec))
     if not _HUB_ID.match(source):
         raise SourceUnavailableError(f"{spec.name}: {source!r} is neither a directory nor a hub id."
                                      + _how_to_get(spec))
