@@ -4,8 +4,10 @@ Each block is a pydantic model that forbids unknown keys. A key's type, range an
 here once; `params/*.yaml` only set values. Later notebooks add their block to `SECTIONS`.
 
 Sources (`*_source`) are either a Hugging Face hub id (`owner/name`, fetched at the pinned
-`*_revision`) or a local folder laid out like that hub repo. A value starting with `/`, `./`,
-`../` or `~` is local and must exist before the run starts.
+`*_revision`) or a local folder laid out like that hub repo. A value that exists locally, or
+that looks like a path (`/`, `./`, `../`, `~` in front, or two or more `/`), is local and must
+exist before the run starts (`ifl.data.hub.is_path_like`, the same rule the loaders use).
+`annotation_sheet` is a local file in both worlds and is checked the same way.
 """
 from __future__ import annotations
 
@@ -13,12 +15,16 @@ from typing import Annotated, Any, Iterator, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from ifl.data.hub import SOURCES
+from ifl.data.hub import SOURCES, is_path_like
 from ifl.data.languages import LANGUAGES
 
 
 class _Source:
     """Marker in `Annotated[...]`: this string names a hub id or a local path."""
+
+
+class _LocalFile:
+    """Marker in `Annotated[...]`: this string (when set) names a local file, in any world."""
 
 
 def _known_language(code: str) -> str:
@@ -28,8 +34,15 @@ def _known_language(code: str) -> str:
 
 
 def is_local(value: str) -> bool:
-    """Local path (checked to exist) rather than a hub id."""
-    return value.startswith(("/", "./", "../", "~"))
+    """Local path (checked to exist) rather than a hub id: see `ifl.data.hub.is_path_like`."""
+    return is_path_like(value)
+
+
+def _plain_run_name(name: str) -> str:
+    if name in (".", ".."):
+        raise ValueError("a run name is one plain folder name, not '.' or '..' (it becomes "
+                         "runs/<run_name>/)")
+    return name
 
 
 def _query_or_language(code: str) -> str:
@@ -53,8 +66,9 @@ class Block(BaseModel):
 
 
 class Common(Block):
-    run_name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$",
-                          description="outputs go to runs/<run_name>/, rendered/<run_name>/ ...")
+    run_name: Annotated[str, AfterValidator(_plain_run_name)] = Field(
+        "default", pattern=r"^[A-Za-z0-9_.-]+$",
+        description="one folder name: outputs go to runs/<run_name>/, rendered/<run_name>/ ...")
     seed: int = Field(0, ge=0)
     world: Literal["miniature", "paper"] = "miniature"
     languages: list[Lang] = Field(default_factory=lambda: ["en", "de", "zh", "ru", "hi", "ar"],
@@ -218,8 +232,10 @@ class ScoreLanguages(Block):
     identifier: Literal["auto", "glotlid", "fallback"] = Field("auto", description=(
         "auto: GlotLID v3 if it can be had, else fastText lid.176 (said in the outputs)"))
     annotation_n: int = Field(1000, ge=1, description="size of the stratified annotation sample")
-    annotation_sheet: str | None = Field(None, description=(
-        "a filled annotation sheet (CSV) to import; null = export the sheet for annotators"))
+    annotation_sheet: Annotated[str | None, _LocalFile()] = Field(None, description=(
+        "a filled annotation sheet (CSV) to import, in either world (it may be the exported "
+        "runs/<run>/04_score_languages/annotation_sheet.csv, filled in place: a sheet holding "
+        "labels is never written over); null = export the sheet for annotators"))
     simulate_annotations: bool = Field(False, description=(
         "paper-smoke only: fill the exported sheet with a stand-in annotator (the fallback "
         "identifier) so that the import and DSL paths run; its labels mean nothing"))
@@ -354,13 +370,18 @@ def section(params: Params, name: str) -> Block:
     raise KeyError(name)
 
 
-def local_path_fields(params: Params) -> Iterator[tuple[str, str, str]]:
-    """(section, key, value) of every Source field that names a local path."""
+def local_path_fields(params: Params, *, kind: type = _Source) -> Iterator[tuple[str, str, str]]:
+    """(section, key, value) of every Source field that names a local path (kind=_LocalFile:
+    every set local-file field, such as the annotation sheet)."""
     for name in SECTIONS:
         block = section(params, name)
         for key, info in type(block).model_fields.items():
             value: Any = getattr(block, key)
-            if not any(isinstance(m, _Source) for m in info.metadata):
+            if not any(isinstance(m, kind) for m in info.metadata):
+                continue
+            if kind is _LocalFile:
+                if value is not None:
+                    yield name, key, value
                 continue
             items = value.items() if isinstance(value, dict) else [(None, value)]
             for sub, item in items:
