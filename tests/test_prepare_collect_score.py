@@ -158,3 +158,12 @@ def test_judge_asks_once_per_response_and_resumes(tmp_path):
     server.shutdown()
     with pytest.raises(ValueError, match="judge_model"):
         judge_accuracy(rows, endpoint=url, model=None, cache=cache)
+
+
+def test_identifier_glotlid_is_strict(tmp_path):
+    """`identifier: glotlid` (paper.yaml) never falls back to lid.176: a missing GlotLID stops."""
+    from ifl.params_schema import ScoreLanguages
+    from ifl.prepare_score import identifier_for
+    missing = str(tmp_path / "model_v3.bin")
+    with pytest.raises(FileNotFoundError, match="GlotLID v3 is not available"):
+        identifier_for(ScoreLanguages(identifier="glotlid", glotlid_source=missing))

@@ -42,6 +42,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from sklearn import config_context
 from sklearn.tree import DecisionTreeRegressor
 
 
@@ -72,19 +73,25 @@ class HonestForest:
         rng = np.random.default_rng(self.random_state)
         mtry = grf_mtry(p)
         min_leaf = max(1, math.ceil(self.alpha * n_split))
-        trees = []
-        for _ in range(self.n_estimators):
-            sub = rng.choice(n, n_sub, replace=False)
-            grow, fill = sub[:n_split], sub[n_split:]
-            tree = DecisionTreeRegressor(
-                max_features=int(np.clip(rng.poisson(mtry), 1, p)),
-                min_samples_split=self.min_node_size + 1,
-                min_samples_leaf=min_leaf,
-                random_state=int(rng.integers(2**31 - 1)),
-            ).fit(X[grow], y[grow], check_input=False)
-            trees.append(_honest_tree(tree.tree_, X[fill], y[fill]))
+        # One RandomState shared by all trees: seeding a fresh one per tree costs more than a fit.
+        tree_rng = np.random.RandomState(int(rng.integers(2**31 - 1)))
+        draw = dict(n=n, n_sub=n_sub, n_split=n_split, mtry=mtry, p=p, min_leaf=min_leaf)
+        with config_context(skip_parameter_validation=True):  # the per-fit checks dominate
+            trees = [self._grow(X, y, rng, tree_rng, **draw) for _ in range(self.n_estimators)]
         self.nodes_, self.roots_ = _stack(trees)
         return self
+
+    def _grow(self, X, y, rng, tree_rng, *, n, n_sub, n_split, mtry, p, min_leaf):
+        """One honest tree: structure from one half of a subsample, leaf values from the other."""
+        sub = rng.choice(n, n_sub, replace=False)
+        grow, fill = sub[:n_split], sub[n_split:]
+        tree = DecisionTreeRegressor(
+            max_features=int(np.clip(rng.poisson(mtry), 1, p)),  # grf: Poisson(mtry), per node
+            min_samples_split=self.min_node_size + 1,
+            min_samples_leaf=min_leaf,
+            random_state=tree_rng,
+        ).fit(X[grow], y[grow], check_input=False)
+        return _honest_tree(tree, X[fill], y[fill])
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float32).astype(float)  # as the trees saw it, then compared
@@ -100,27 +107,33 @@ class HonestForest:
         return value[node].mean(axis=0)
 
 
-def _honest_tree(tree, X_fill: np.ndarray, y_fill: np.ndarray):
-    """One tree's arrays with honest leaf values and grf's pruning of empty honest leaves.
+def _honest_tree(tree: DecisionTreeRegressor, X_fill: np.ndarray, y_fill: np.ndarray):
+    """One tree's node arrays with honest leaf values and grf's pruning of empty honest leaves.
 
     Pruning is done by redirection: a child whose subtree holds no honest row is replaced by
-    its sibling, so the usual descent gives the pruned tree's leaf."""
-    left, right = tree.children_left.copy(), tree.children_right.copy()
-    n_nodes = tree.node_count
-    leaf = tree.apply(X_fill)
-    count = np.bincount(leaf, minlength=n_nodes).astype(float)
-    total = np.bincount(leaf, weights=y_fill, minlength=n_nodes)
-    for node in range(n_nodes - 1, -1, -1):  # children come after parents: bottom-up
-        l, r = left[node], right[node]
-        if l < 0:
-            continue
-        count[node], total[node] = count[l] + count[r], total[l] + total[r]
-        if count[l] == 0 and count[r] > 0:
-            left[node] = r
-        elif count[r] == 0 and count[l] > 0:
-            right[node] = l
-    value = np.divide(total, count, out=np.zeros(n_nodes), where=count > 0)
-    return left, right, tree.feature.copy(), tree.threshold.copy(), value
+    its sibling, so the usual descent ends in the pruned tree's leaf. (grf prunes bottom-up and
+    promotes the non-empty child, which routes every row the same way.)"""
+    t = tree.tree_
+    left, right = t.children_left.copy(), t.children_right.copy()
+    inner = left >= 0
+    leaf = t.apply(X_fill)  # the low-level apply: the estimator's checks cost more than the walk
+    count = np.bincount(leaf, minlength=t.node_count).astype(float)
+    total = np.bincount(leaf, weights=y_fill, minlength=t.node_count)
+    parent = np.full(t.node_count, -1)
+    parent[left[inner]] = parent[right[inner]] = np.flatnonzero(inner)
+    depth = np.zeros(t.node_count, dtype=int)
+    for node in np.flatnonzero(parent >= 0):  # preorder ids: a parent's depth is already set
+        depth[node] = depth[parent[node]] + 1
+    for d in range(depth.max(), 0, -1):  # subtree sums, deepest level first
+        at = depth == d
+        np.add.at(count, parent[at], count[at])
+        np.add.at(total, parent[at], total[at])
+    empty_left = inner & (count[np.maximum(left, 0)] == 0)
+    empty_right = inner & (count[np.maximum(right, 0)] == 0)
+    left = np.where(empty_left & ~empty_right, right, left)
+    right = np.where(empty_right & ~empty_left, left, right)
+    value = np.divide(total, count, out=np.zeros(t.node_count), where=count > 0)
+    return left, right, t.feature.copy(), t.threshold.copy(), value
 
 
 def _stack(trees):
