@@ -263,7 +263,7 @@ def test_honest_tree_takes_leaf_values_from_the_other_half_and_prunes_empty_leav
     from sklearn.tree import DecisionTreeRegressor
     from ifl.dsl.honest_forest import HonestForest, _honest_tree, _stack
     X = np.array([[0.0], [1.0], [2.0], [3.0]], dtype=np.float32)
-    tree = DecisionTreeRegressor(min_samples_split=2).fit(X, [0.0, 0.0, 1.0, 1.0])
+    tree = DecisionTreeRegressor(min_samples_split=2).fit(X, [0.0, 1.0, 2.0, 3.0])  # 4 leaves
     forest = HonestForest(n_estimators=1)
     forest.nodes_, forest.roots_ = _stack([_honest_tree(tree, X[[0, 3]], np.array([5.0, 7.0]))])
     assert forest.predict(X).tolist() == [5.0, 5.0, 7.0, 7.0]
