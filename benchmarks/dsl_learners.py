@@ -9,8 +9,8 @@
 2. Table-4-shaped simulations with interactions (11,200 rows, 1,000 labels; the data of
    benchmarks/dsl_speed.py): the paper's literal formula, per term the truth (OLS on every row's
    true label), each learner's mean estimate, and the bias in units of the mean DSL SE. R is
-   not run here; `--write-csv DIR` saves the simulated data, and benchmarks/dsl_r_reference.R
-   fits R `dsl` on them where R and grf are installed.
+   not run here (no R in this workplace); `--write-csv DIR` saves the simulated data so that
+   R `dsl` can be fitted on the same rows where R and grf are installed.
 """
 from __future__ import annotations
 
