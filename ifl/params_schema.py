@@ -230,7 +230,8 @@ class ScoreLanguages(Block):
         "GlotLID v3: hub repo (file model_v3.bin) or a local model_v3.bin"))
     glotlid_revision: Revision = None
     identifier: Literal["auto", "glotlid", "fallback"] = Field("auto", description=(
-        "auto: GlotLID v3 if it can be had, else fastText lid.176 (said in the outputs)"))
+        "glotlid: GlotLID v3 or an error saying how to get it (the paper); auto: GlotLID v3 if it "
+        "can be had, else fastText lid.176 with a warning (said in the outputs); fallback: lid.176"))
     annotation_n: int = Field(1000, ge=1, description="size of the stratified annotation sample")
     annotation_sheet: Annotated[str | None, _LocalFile()] = Field(None, description=(
         "a filled annotation sheet (CSV) to import, in either world (it may be the exported "
@@ -248,9 +249,10 @@ class ScoreLanguages(Block):
 
 class DslRegressions(Block):
     """05_dsl_regressions: Figure 1 and Table 4 with design-based supervised learning."""
-    learner: Literal["forest", "linear", "logistic"] = Field("forest", description=(
+    learner: Literal["forest", "forest-sklearn", "linear", "logistic"] = Field("forest", description=(
         "DSL's learner g of gold from the surrogate, condition, language, benchmark, length and "
-        "model (forest ~ the R package's grf default)"))
+        "model (forest: an honest forest with grf's defaults, the R package's learner; "
+        "forest-sklearn: scikit-learn's forest, no honesty)"))
     cross_fit: int = Field(5, ge=2, le=50, description="folds K of the cross-fitting (R: 5)")
     sample_split: int = Field(10, ge=1, le=100, description=(
         "repeated fold draws S, combined by the median rule (R: 10)"))

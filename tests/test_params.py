@@ -191,3 +191,19 @@ def test_doctests_of_the_reliability_modules():
     import ifl.stage
     for module in (ifl.runlock, ifl.stage, ifl.data.hub, ifl.annotate):
         assert doctest.testmod(module).failed == 0, module.__name__
+
+
+def test_paper_files_state_their_hardware():
+    """paper.yaml is the paper's 8-GPU setup, paper-1gpu.yaml the 4-bit route on one 24 GB GPU;
+    both insist on GlotLID."""
+    paper, one_gpu = load_params("params/paper.yaml"), load_params("params/paper-1gpu.yaml")
+    train, collect = paper.train_variants, paper.collect_responses
+    assert (train.training, train.stage2_lr, collect.quantization) == ("full", 2e-5, "none")
+    assert paper.steering.quantization == "none"
+    train, collect = one_gpu.train_variants, one_gpu.collect_responses
+    assert (train.training, train.stage2_lr, collect.quantization) == ("qlora", 2e-4, "4bit")
+    assert collect.batch_size == one_gpu.steering.batch_size == 32
+    for params in (paper, one_gpu):
+        assert params.score_languages.identifier == "glotlid"
+    header = Path("params/paper-1gpu.yaml").read_text().split("common:")[0]
+    assert "deviations from the paper" in header and "QLoRA" in header

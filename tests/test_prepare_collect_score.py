@@ -198,3 +198,12 @@ def test_miniature_honours_a_given_sheet(scored, tmp_path):
     lab = out[out["labeled"] == 1]
     assert len(lab) == 5 and set(lab["gold_parsed"]) == {"chinese"}
     assert "fidelity_true" in out  # the oracle is still there
+
+
+def test_identifier_glotlid_is_strict(tmp_path):
+    """`identifier: glotlid` (paper.yaml) never falls back to lid.176: a missing GlotLID stops."""
+    from ifl.params_schema import ScoreLanguages
+    from ifl.prepare_score import identifier_for
+    missing = str(tmp_path / "model_v3.bin")
+    with pytest.raises(FileNotFoundError, match="GlotLID v3 is not available"):
+        identifier_for(ScoreLanguages(identifier="glotlid", glotlid_source=missing))
