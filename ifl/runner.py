@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ifl.params import ParamsError, check_files, dump, load_params, notebook_parameters
 from ifl.params_schema import Params
+from ifl.progress import Board, done_line, kernel_options
 from ifl.stage import STAGE_FILE, pipeline
 
 NOTEBOOK_DIR = Path("notebooks")
@@ -51,13 +52,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from ifl.companion import write_index  # heavy imports only once params are good
     status = 0
+    board = Board(sys.stderr, every=args.progress_every)
     for name in selected:
-        ok = run_notebook(name, params, root, run_dir, rendered)
+        ok = run_notebook(name, params, root, run_dir, rendered, board=board)
         if not ok:
             status = 1
             break
     index = write_index(params, root, params_file=str(args.params))
-    print(f"[ifl] companion: {index}", file=sys.stderr)
+    print(f"{board.summary(run_dir, selected)}\n[ifl] companion: {index}", file=sys.stderr)
     return status
 
 
@@ -87,7 +89,8 @@ def select_notebooks(names: list[str], *, only: str | None, start: str | None) -
     return names
 
 
-def run_notebook(name: str, params: Params, root: Path, run_dir: Path, rendered: Path) -> bool:
+def run_notebook(name: str, params: Params, root: Path, run_dir: Path, rendered: Path,
+                 board: Board | None = None) -> bool:
     """Execute one notebook; write .ipynb, .html and the log. True on success."""
     import jupytext
     import papermill
@@ -115,10 +118,12 @@ def run_notebook(name: str, params: Params, root: Path, run_dir: Path, rendered:
     started = time.time()
     print(f"[ifl] {name}: running (log: {log_path})", file=sys.stderr)
     failure = None
+    board = board or Board(sys.stderr)
     try:
-        papermill.execute_notebook(nb, str(out_ipynb), parameters=notebook_parameters(params, name),
-                                   kernel_name=KERNEL, cwd=str(root), log_output=True,
-                                   progress_bar=sys.stderr.isatty())
+        with board.watch(name, log_path.with_suffix(".progress.json")):  # the work's own progress
+            papermill.execute_notebook(nb, str(out_ipynb), parameters=notebook_parameters(params, name),
+                                       kernel_name=KERNEL, cwd=str(root), log_output=True,
+                                       progress_bar=False, **kernel_options())
     except PapermillExecutionError as exc:
         failure = exc
     finally:
@@ -138,7 +143,7 @@ def run_notebook(name: str, params: Params, root: Path, run_dir: Path, rendered:
         print(f"[ifl] {name} ran but did not call stage.finish(); treating as failed ({html})",
               file=sys.stderr)
         return False
-    print(f"[ifl] {name}: done in {seconds:.1f} s -> {html}", file=sys.stderr)
+    print(f"{done_line(name, seconds, run_dir)} -> {html}", file=sys.stderr)
     return True
 
 
@@ -188,6 +193,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--from", dest="start", metavar="NN", help="run from this notebook on")
     parser.add_argument("-p", action="append", default=[], metavar="section.key=value",
                         help="override one param (repeatable), validated like the file")
+    parser.add_argument("--progress-every", type=float, default=30.0, metavar="SECONDS",
+                        help="when output is not a terminal, a progress line this often (default 30)")
     return parser.parse_args(argv)
 
 
