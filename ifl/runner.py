@@ -31,6 +31,7 @@ from pathlib import Path
 from ifl.params import (ParamsError, check_files, defaulted_blocks, dump, load_params,
                         notebook_parameters)
 from ifl.params_schema import Params
+from ifl.progress import Board, done_line, kernel_options
 from ifl.runlock import RunLockedError, run_lock
 from ifl.stage import STAGE_FILE, pipeline
 
@@ -76,10 +77,12 @@ def _run(params: Params, selected: list[str], args: argparse.Namespace, root: Pa
               f"{', '.join(defaulted)}; each value's origin is in {run_dir / 'params.yaml'}",
               file=sys.stderr)
     status, current = 0, None
+    board = Board(sys.stderr, every=args.progress_every)
     try:
         for name in selected:
             current = name
-            if not run_notebook(name, params, root, run_dir, rendered, overrides=args.p):
+            if not run_notebook(name, params, root, run_dir, rendered, overrides=args.p,
+                                board=board):
                 status = 1
                 break
         current = None
@@ -91,7 +94,7 @@ def _run(params: Params, selected: list[str], args: argparse.Namespace, root: Pa
     try:
         from ifl.companion import write_index  # heavy imports only once params are good
         index = write_index(params, root, params_file=str(args.params))
-        print(f"[ifl] companion: {index}", file=sys.stderr)
+        print(f"{board.summary(run_dir, selected)}\n[ifl] companion: {index}", file=sys.stderr)
     except (OSError, KeyboardInterrupt) as exc:
         print(f"[ifl] companion page not written: {_one_line(exc)}", file=sys.stderr)
     return status
@@ -167,7 +170,7 @@ def select_notebooks(names: list[str], *, only: str | None, start: str | None) -
 
 
 def run_notebook(name: str, params: Params, root: Path, run_dir: Path, rendered: Path,
-                 overrides: list[str] | tuple[str, ...] = ()) -> bool:
+                 overrides: list[str] | tuple[str, ...] = (), board: Board | None = None) -> bool:
     """Execute one notebook; write .ipynb, .html and the log. True on success. Raises
     KeyboardInterrupt when interrupted (in the runner or, by the same Ctrl-C, in the kernel)."""
     import jupytext
@@ -197,12 +200,14 @@ def run_notebook(name: str, params: Params, root: Path, run_dir: Path, rendered:
     started = time.time()
     print(f"[ifl] {name}: running (log: {log_path})", file=sys.stderr)
     failure = None
+    board = board or Board(sys.stderr)
     try:
-        with _quiet_kernel_shutdown():
+        with _quiet_kernel_shutdown(), board.watch(name, log_path.with_suffix(".progress.json")):
             papermill.execute_notebook(nb, str(out_ipynb), parameters=notebook_parameters(params, name),
                                        kernel_name=KERNEL, cwd=str(root), log_output=True,
-                                       progress_bar=sys.stderr.isatty(),
-                                       kernel_manager_class=logged_kernel_manager(log_path))
+                                       progress_bar=False,  # the work's own progress is shown
+                                       kernel_manager_class=logged_kernel_manager(log_path),
+                                       **kernel_options())
     except PapermillExecutionError as exc:
         failure = exc
     except OSError as exc:  # the runner's own writes (rendered notebook, log): disk full, read-only
@@ -237,7 +242,7 @@ def run_notebook(name: str, params: Params, root: Path, run_dir: Path, rendered:
         print(f"[ifl] {name} ran but did not call stage.finish(); treating as failed ({html})",
               file=sys.stderr)
         return False
-    print(f"[ifl] {name}: done in {seconds:.1f} s -> {html}", file=sys.stderr)
+    print(f"{done_line(name, seconds, run_dir)} -> {html}", file=sys.stderr)
     return True
 
 
@@ -306,6 +311,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="validate the params, print what would run and which hub models and "
                              "datasets are missing from the local cache (with the download "
                              "commands); do no work. Exit 0 = params valid, 2 = not")
+    parser.add_argument("--progress-every", type=float, default=30.0, metavar="SECONDS",
+                        help="when output is not a terminal, a progress line this often (default 30)")
     return parser.parse_args(argv)
 
 

@@ -24,6 +24,7 @@ from ifl.collect.options import Speedups
 from ifl.collect.engine import CONDITIONS, AdaptiveBatches, build_items, generate_batch, measure, order
 from ifl.collect.store import (KEY, PartWriter, check_settings, default_shard, load_responses,
                                model_dir, shard_dir, shard_of)
+from ifl.progress import report as report_progress
 from ifl.prompts import ChatTemplate, stop_token_ids
 from ifl.prompts import template as get_template
 
@@ -102,6 +103,7 @@ def _run(model, processor, todo, folder, *, model_name, batch_size, flush_every,
     writer = PartWriter(folder)
     batches = AdaptiveBatches(batch_size)
     buffer: list[dict] = []
+    done = 0
     bar = tqdm(total=len(todo), desc=model_name, unit="completion", disable=not progress)
     try:
         groups = order(todo, by_image=speedups.share_prefix)
@@ -110,6 +112,8 @@ def _run(model, processor, todo, folder, *, model_name, batch_size, flush_every,
                                                                  **generate_kwargs)):
             buffer.extend({"model": model_name, **r} for r in rows)
             bar.update(len(rows))
+            done += len(rows)
+            report_progress(f"collect {model_name}", done, len(todo))
             if len(buffer) >= flush_every:
                 # hand the rows over before writing: a Ctrl-C inside write() then loses them
                 # (a rerun redoes them) instead of writing them twice from `finally`

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ifl.progress import report as report_progress
 from ifl.prompts import ChatTemplate
 from ifl.stage import write_json_atomic
 from ifl.train.checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -201,6 +202,7 @@ def train_stage(model, processor, records: list[dict] | str | Path, image_folder
                      "epoch": (step + 1) * global_batch / len(ds),
                      "seconds": before + time.perf_counter() - t0})
         bar.update(1)
+        report_progress(f"train {out_dir.parent.name} {out_dir.name}", step + 1, total)
         if (step + 1) % log_every == 0 or step + 1 == total:
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr_now:.2e}")
         if save_every and (step + 1) % save_every == 0:
