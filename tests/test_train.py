@@ -449,3 +449,74 @@ def test_two_processes_equal_one(world, tmp_path):
     b = load_file(single.model_dir / "model.safetensors")
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
+
+
+# --- what only a real checkpoint or launch shows (issue 12) ---------------------------------
+
+def test_stage1_model_is_freed_before_stage2_loads(world, tmp_path, monkeypatch):
+    """On a 24 GB card, stage 2 (NF4 7B + LoRA states) cannot start beside stage 1's bf16 7B:
+    no reference to the stage-1 model may survive into stage 2's load, nor past the variant."""
+    import gc
+    import weakref
+
+    import ifl.train.assemble as assemble_mod
+    built, seen_at_stage2 = [], []
+    real_assemble, real_load = assemble_mod.assemble_llava, assemble_mod.load_llava
+
+    def assemble(*a, **kw):
+        model, proc = real_assemble(*a, **kw)
+        built.append(weakref.ref(model))
+        return model, proc
+
+    def load(*a, **kw):
+        seen_at_stage2.append(built[0]() is None)
+        model, proc = real_load(*a, **kw)
+        built.append(weakref.ref(model))
+        return model, proc
+    monkeypatch.setattr(assemble_mod, "assemble_llava", assemble)
+    monkeypatch.setattr(assemble_mod, "load_llava", load)
+    gc.disable()  # only the engine's own collection may free the cycles
+    try:
+        s = StageSettings(lr=1e-2, global_batch=4, micro_batch=4, max_steps=1, max_length=64)
+        res = train_variant(variant("vicuna-clip-en"), world["root"] / "llm", world["root"] / "clip",
+                            world["manifest"], CHAT, dataclasses.replace(s, format="plain"), s,
+                            tmp_path, tokenizer=world["root"] / "tok", progress=False)
+    finally:
+        gc.enable()
+    assert seen_at_stage2 == [True]
+    assert built[1]() is None and res.stage1.model is None and res.stage2.model is None
+
+
+def test_deepspeed_batch_fields_are_set_per_stage():
+    """accelerate hands every stage the same (singleton) DeepSpeed config dict, which stage 1
+    resolved; DeepSpeed asserts train_batch_size == micro x accumulation x processes."""
+    from ifl.train.loop import stage_deepspeed_config
+    config = {"train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",
+              "gradient_accumulation_steps": "auto", "zero_optimization": {"stage": 2}}
+    for micro, accum, world_size in ((32, 1, 8), (16, 1, 8), (4, 4, 8)):  # stage 1, stage 2, ...
+        stage_deepspeed_config(config, micro_batch=micro, accum=accum, world=world_size,
+                               max_grad_norm=1.0)
+        assert config["train_batch_size"] == (config["train_micro_batch_size_per_gpu"]
+                                              * config["gradient_accumulation_steps"] * world_size)
+        assert (config["train_micro_batch_size_per_gpu"], config["gradient_accumulation_steps"]) \
+            == (micro, accum)
+    assert config["zero_optimization"] == {"stage": 2} and config["gradient_clipping"] == 1.0
+
+
+def test_bf16_projector_moves_at_small_lr(world, tmp_path):
+    """Adam moves each weight by ~lr: at 2e-5 a bf16 weight of ~0.05 (spacing ~2e-4) would not
+    move; the fp32 master copy must, and the saved model is bf16 again."""
+    from safetensors.torch import load_file
+    model, proc = _assemble(world, dtype=torch.bfloat16)
+    weight = model.model.multi_modal_projector.linear_1.weight
+    before = weight.detach().float().clone()
+    seen = {}
+
+    def snapshot(step, row):
+        seen[step] = weight.detach().float().clone()
+    res = _train(world, model, proc, tmp_path / "bf16", stage="projector", records="captions",
+                 lr=2e-5, max_steps=3, warmup_ratio=0.0, scheduler="constant", callback=snapshot)
+    moved = (seen[3] != before).float().mean().item()
+    assert moved > 0.9, f"only {moved:.0%} of the projector's weights moved"
+    saved = load_file(res.model_dir / "model.safetensors")
+    assert {t.dtype for t in saved.values()} == {torch.bfloat16}

@@ -34,6 +34,7 @@ from ifl.prompts import ChatTemplate, template as get_template
 from ifl.stage import write_json_atomic
 from ifl.train.lora import LoraSettings
 from ifl.train.loop import TrainResult, train_stage
+from ifl.train.memory import release_memory
 
 # Components of §8b (SOURCES.md), read from the one model table (ifl/models.yaml);
 # "template" is each LLM's chat format in ifl/prompts.yaml.
@@ -205,23 +206,28 @@ def train_variant(spec: VariantSpec, llm_path: str | Path, vision_path: str | Pa
     # and LLaVA's playground/data differ)
     folders = manifest.get("image_folders") or {}
 
-    def run(model, processor, settings: StageSettings, stage: str, part: str) -> TrainResult:
+    def run(load, settings: StageSettings, stage: str, part: str) -> TrainResult:
+        """One stage; `load()` gives (model, processor), None when the stage is finished. The
+        model lives only in here: the result keeps paths, and its memory is given back before
+        the caller loads the next stage's model."""
         fmt = "plain" if settings.format == "plain" else chat
         images = folders.get(part, manifest.get("image_folder"))
-        return train_stage(model, processor, manifest[spec.data_lang][part], images, fmt,
-                           stage=stage, out_dir=out / f"stage{1 if stage == 'projector' else 2}",
-                           seed=seed, qlora=qlora if stage == "full" else None,
-                           progress=progress, **settings.train_kwargs())
+        stage_dir = out / f"stage{1 if stage == 'projector' else 2}"
+        model, processor = load() if not (stage_dir / RESULT).exists() else (None, None)
+        res = train_stage(model, processor, manifest[spec.data_lang][part], images, fmt,
+                          stage=stage, out_dir=stage_dir,
+                          seed=seed, qlora=qlora if stage == "full" else None,
+                          progress=progress, **settings.train_kwargs())
+        res.model = model = processor = None
+        release_memory()
+        return res
 
-    model = processor = None  # a finished stage 1 is only read back: no need to load the LLM
-    if not (out / "stage1" / RESULT).exists():
-        model, processor = assemble_llava(llm_path, vision_path, tokenizer=tokenizer, dtype=dtype,
-                                          device=device, seed=seed)
-    res1 = run(model, processor, stage1, "projector", "pretrain")
-    del model
-    model, processor = load_llava(res1.model_dir, dtype=dtype, device=device,
-                                  quantization="4bit" if qlora else None)
-    res2 = run(model, processor, stage2, "full", "instruct")
+    res1 = run(lambda: assemble_llava(llm_path, vision_path, tokenizer=tokenizer, dtype=dtype,
+                                      device=device, seed=seed),
+               stage1, "projector", "pretrain")
+    res2 = run(lambda: load_llava(res1.model_dir, dtype=dtype, device=device,
+                                  quantization="4bit" if qlora else None),
+               stage2, "full", "instruct")
     if accelerator.is_main_process:
         write_json_atomic(out / DONE, {**wanted, "stage1_steps": res1.steps,
                                        "stage2_steps": res2.steps})
