@@ -264,4 +264,6 @@ def load_llava(path: str | Path, *, dtype: torch.dtype = torch.float32,
     model = LlavaForConditionalGeneration.from_pretrained(str(path), **kwargs)
     model.ifl_source = ModelSource("llava", {"llava": str(path)})
     processor = AutoProcessor.from_pretrained(str(path), backend="pil")
+    from ifl.compat import complete_processor
+    complete_processor(processor, model.config)  # older llava-hf processor configs lack fields
     return model, processor
