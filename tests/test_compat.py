@@ -190,6 +190,13 @@ def test_complete_processor_fills_old_revisions(tiny, llava):
     assert (current.patch_size, current.num_additional_image_tokens) == (7, 1)
 
 
+def test_vicuna_stand_in_ships_tokenizer_model_only(tiny):
+    from transformers import AutoTokenizer
+    files = {p.name for p in tiny["tiny-vicuna"].iterdir()}
+    assert "tokenizer.model" in files and "tokenizer.json" not in files
+    assert AutoTokenizer.from_pretrained(tiny["tiny-vicuna"]).is_fast
+
+
 def test_processor_without_cls_count_generates_through_the_loader(tiny):
     """tiny-bakllava's processor config has patch_size but no num_additional_image_tokens (older
     llava-hf revisions, unsloth/llava-1.5-7b-hf): transformers 5 would insert 15 placeholders

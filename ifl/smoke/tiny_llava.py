@@ -8,7 +8,7 @@
 | tiny-llava-1.5     | llava-hf/llava-1.5-7b-hf and -13b-hf            | Llava(CLIPVisionModel + LlamaForCausalLM) |
 | tiny-bakllava      | llava-hf/bakLlava-v1-hf (processor config of an older revision: no num_additional_image_tokens) | Llava(CLIPVisionModel + MistralForCausalLM)|
 | tiny-llava-gemma   | Intel/llava-gemma-2b                            | Llava(CLIPVisionModel + GemmaForCausalLM) |
-| tiny-vicuna        | lmsys/vicuna-7b-v1.5                            | LlamaForCausalLM, LlamaTokenizer          |
+| tiny-vicuna        | lmsys/vicuna-7b-v1.5 (tokenizer.model only)     | LlamaForCausalLM, LlamaTokenizer          |
 | tiny-yi            | 01-ai/Yi-6B-Chat (llama arch, ChatML tokens)    | LlamaForCausalLM, LlamaTokenizer          |
 | tiny-leo           | LeoLM/leo-hessianai-7b-chat (ChatML tokens)     | LlamaForCausalLM, LlamaTokenizer          |
 | tiny-clip-vit      | openai/clip-vit-large-patch14-336               | CLIPVisionModel, CLIPImageProcessor(Pil)  |
@@ -104,7 +104,7 @@ def write_tiny_llava_models(root: Path, seed: int = 0) -> dict[str, Path]:
         "tiny-bakllava": lambda d, s: _write_llava(d, s, "mistral", "llava", MISTRAL_CHAT_TEMPLATE,
                                                    cls_field=False),
         "tiny-llava-gemma": lambda d, s: _write_llava(d, s, "gemma", "gemma", None),
-        "tiny-vicuna": lambda d, s: _write_llm(d, s, "llama", None),
+        "tiny-vicuna": lambda d, s: _write_llm(d, s, "llama", None, sentencepiece=True),
         "tiny-yi": lambda d, s: _write_llm(d, s, "yi", CHATML_CHAT_TEMPLATE),
         "tiny-leo": lambda d, s: _write_llm(d, s, "leo", CHATML_CHAT_TEMPLATE),
         "tiny-clip-vit": lambda d, s: _write_tower(d, s, "clip"),
@@ -276,17 +276,26 @@ def _drop_processor_field(out: Path, key: str) -> None:
     path.write_text(json.dumps(saved, indent=2) + "\n")
 
 
-def _write_llm(out: Path, seed: int, family: str, chat_template: str | None) -> None:
+def _write_llm(out: Path, seed: int, family: str, chat_template: str | None,
+               sentencepiece: bool = False) -> None:
+    """sentencepiece: the tokenizer as tokenizer.model only (lmsys/vicuna-7b-v1.5's files)."""
     import torch
-    from transformers import LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
-    tok = tiny_tokenizer(family)
+    if sentencepiece:
+        from ifl.smoke.sentencepiece_tokenizer import write_sentencepiece_tokenizer
+        from ifl.smoke.tiny_models import tiny_corpus
+        write_sentencepiece_tokenizer(out, tiny_corpus() + _CHAT_LINES)
+        tok = AutoTokenizer.from_pretrained(out)  # converted via protobuf, as the real repo
+    else:
+        tok = tiny_tokenizer(family)
     tok.chat_template = chat_template
     torch.manual_seed(seed)
     model = LlamaForCausalLM(_text_config("llama", tok, len(tok))).eval()
     _finish_generation_config(model, tok)
     model.save_pretrained(out)
-    tok.save_pretrained(out)
+    if not sentencepiece:  # else the folder keeps tokenizer.model as its only tokenizer file
+        tok.save_pretrained(out)
 
 
 def _write_tower(out: Path, seed: int, kind: str) -> None:
