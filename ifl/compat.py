@@ -18,8 +18,9 @@ Processor classes (what `processor_classes` records beside results):
   "right": set "left" for batched generation (ifl.models.load_llava does).
 * LlavaProcessor needs `patch_size`, `vision_feature_select_strategy` and
   `num_additional_image_tokens` to expand `<image>` into one token per patch (fields added to the
-  llava-hf repos in 2024, >= 4.46); `complete_processor` fills them from the model config for
-  older repo revisions. Intel/llava-gemma-2b needed its own `LlavaGemmaProcessor` before 4.41.1.
+  llava-hf repos in 2024, >= 4.46; `num_additional_image_tokens` came later and defaults to 0);
+  `complete_processor` fills them from the model config for older repo revisions.
+  Intel/llava-gemma-2b needed its own `LlavaGemmaProcessor` before 4.41.1.
 
 >>> import torch
 >>> untuple((torch.zeros(1, 2, 3), None)).shape
@@ -140,17 +141,38 @@ def bnb_config(kind: str | None, compute_dtype: torch.dtype = torch.bfloat16):
     raise ValueError(f"quantization must be None, '4bit' or '8bit', got {kind!r}")
 
 
+# Tokens a vision tower puts before its patches (CLS, registers): what LlavaProcessor's
+# `num_additional_image_tokens` must say. Towers not listed are left as their processor says.
+def tower_extra_tokens(vision_config) -> int | None:
+    """CLS (+ registers) of a CLIP or DINOv2 tower; 0 for SigLIP (no CLS); None if unknown.
+
+    >>> from transformers import CLIPVisionConfig
+    >>> tower_extra_tokens(CLIPVisionConfig())
+    1
+    """
+    kind = vision_config.model_type
+    if kind in ("clip_vision_model", "clip", "dinov2", "dinov2_with_registers"):
+        return 1 + getattr(vision_config, "num_register_tokens", 0)
+    if kind in ("siglip_vision_model", "siglip"):
+        return 0
+    return None
+
+
 def complete_processor(processor, config) -> None:
-    """Fill what older llava-hf revisions' processor configs lack (patch_size, select strategy,
-    CLS count; all three came together), from the model config, so that `<image>` expands to
-    one token per image feature. A processor that has `patch_size` is left as it is."""
-    if getattr(processor, "patch_size", None) is not None:
-        return
+    """Make `<image>` expand to exactly one token per image feature, from the model config:
+    * patch_size and select strategy, which llava-hf processor configs lacked before 2024;
+    * num_additional_image_tokens from the tower (CLIP: its CLS), which configs written between
+      those two changes lack (older llava-hf revisions, mirrors such as unsloth/llava-1.5-7b-hf):
+      transformers 5 then defaults it to 0 and inserts 575 placeholders for 576 features
+      ("Image features and image tokens do not match"). A loaded processor cannot tell an
+      absent field from an explicit 0, so the tower decides whenever its type is known."""
     vision = config.vision_config
-    processor.patch_size = vision.patch_size
-    processor.vision_feature_select_strategy = config.vision_feature_select_strategy
-    # CLIP and DINOv2 towers put one CLS token before the patches
-    processor.num_additional_image_tokens = int(vision.model_type in ("clip_vision_model", "dinov2"))
+    if getattr(processor, "patch_size", None) is None:
+        processor.patch_size = vision.patch_size
+        processor.vision_feature_select_strategy = config.vision_feature_select_strategy
+    extra = tower_extra_tokens(vision)
+    if extra is not None:
+        processor.num_additional_image_tokens = extra
 
 
 def processor_classes(processor) -> dict[str, str]:

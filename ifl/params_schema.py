@@ -176,11 +176,16 @@ class TrainVariants(Block):
     training: Literal["full", "qlora"] = Field("qlora", description=(
         "full: LLaVA's recipe (several GPUs, accelerate/DeepSpeed); qlora: one 24 GB GPU"))
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
-    stage1_lr: float = Field(1e-3, gt=0, le=1)
+    stage1_lr: float | None = Field(None, gt=0, le=1, description=(
+        "null = the recipe's (LLaVA-1.5 pretrain.sh: 1e-3)"))
     stage1_global_batch: int = Field(256, ge=1)
     stage1_micro_batch: int = Field(16, ge=1)
     stage1_max_steps: int | None = Field(None, ge=1, description="null = one epoch")
-    stage2_lr: float = Field(2e-5, gt=0, le=1, description="LLaVA-1.5; QLoRA usually wants ~2e-4")
+    stage2_lr: float | None = Field(None, gt=0, le=1, description=(
+        "null = the recipe of `training`: full 2e-5 (finetune.sh), qlora 2e-4 for LoRA "
+        "(finetune_lora.sh); see ifl/train/recipes.py"))
+    stage2_projector_lr: float | None = Field(None, gt=0, le=1, description=(
+        "qlora only: the projector's stage-2 lr; null = finetune_lora.sh's mm_projector_lr 2e-5"))
     stage2_global_batch: int = Field(128, ge=1)
     stage2_micro_batch: int = Field(4, ge=1)
     stage2_max_steps: int | None = Field(None, ge=1, description="null = one epoch")
@@ -189,6 +194,10 @@ class TrainVariants(Block):
     lora_r: int = Field(128, ge=1)
     lora_alpha: int = Field(256, ge=1)
     gradient_checkpointing: bool = True
+    skip_missing_images: bool = Field(False, description=(
+        "false: training stops before it starts when a record's image is missing (count and "
+        "first paths named); true: such records are left out, counted in images.json and "
+        "the variants table"))
 
 
 def _default_llava_sources() -> dict[str, str]:

@@ -197,12 +197,20 @@ def test_paper_files_state_their_hardware():
     """paper.yaml is the paper's 8-GPU setup, paper-1gpu.yaml the 4-bit route on one 24 GB GPU;
     both insist on GlotLID."""
     paper, one_gpu = load_params("params/paper.yaml"), load_params("params/paper-1gpu.yaml")
+    from ifl.train.recipes import learning_rates
+
+    def rates(train):  # the lr keys are null: the mode's recipe decides
+        return learning_rates(train.training, stage1=train.stage1_lr, stage2=train.stage2_lr,
+                              projector=train.stage2_projector_lr)
+
     train, collect = paper.train_variants, paper.collect_responses
-    assert (train.training, train.stage2_lr, collect.quantization) == ("full", 2e-5, "none")
-    assert paper.steering.quantization == "none"
+    assert (train.training, rates(train).stage2, collect.quantization) == ("full", 2e-5, "none")
+    assert paper.steering.quantization == "none" and not collect.precision_check
     train, collect = one_gpu.train_variants, one_gpu.collect_responses
-    assert (train.training, train.stage2_lr, collect.quantization) == ("qlora", 2e-4, "4bit")
+    assert (train.training, collect.quantization) == ("qlora", "4bit")
+    assert (rates(train).stage2, rates(train).projector) == (2e-4, 2e-5)
     assert collect.batch_size == one_gpu.steering.batch_size == 32
+    assert collect.precision_check
     for params in (paper, one_gpu):
         assert params.score_languages.identifier == "glotlid"
     header = Path("params/paper-1gpu.yaml").read_text().split("common:")[0]

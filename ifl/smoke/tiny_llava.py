@@ -6,9 +6,9 @@
 | folder             | stands in for                                   | classes                                  |
 |--------------------|-------------------------------------------------|------------------------------------------|
 | tiny-llava-1.5     | llava-hf/llava-1.5-7b-hf and -13b-hf            | Llava(CLIPVisionModel + LlamaForCausalLM) |
-| tiny-bakllava      | llava-hf/bakLlava-v1-hf                         | Llava(CLIPVisionModel + MistralForCausalLM)|
+| tiny-bakllava      | llava-hf/bakLlava-v1-hf (processor config of an older revision: no num_additional_image_tokens) | Llava(CLIPVisionModel + MistralForCausalLM)|
 | tiny-llava-gemma   | Intel/llava-gemma-2b                            | Llava(CLIPVisionModel + GemmaForCausalLM) |
-| tiny-vicuna        | lmsys/vicuna-7b-v1.5                            | LlamaForCausalLM, LlamaTokenizer          |
+| tiny-vicuna        | lmsys/vicuna-7b-v1.5 (tokenizer.model only)     | LlamaForCausalLM, LlamaTokenizer          |
 | tiny-yi            | 01-ai/Yi-6B-Chat (llama arch, ChatML tokens)    | LlamaForCausalLM, LlamaTokenizer          |
 | tiny-leo           | LeoLM/leo-hessianai-7b-chat (ChatML tokens)     | LlamaForCausalLM, LlamaTokenizer          |
 | tiny-clip-vit      | openai/clip-vit-large-patch14-336               | CLIPVisionModel, CLIPImageProcessor(Pil)  |
@@ -102,9 +102,10 @@ def write_tiny_llava_models(root: Path, seed: int = 0) -> dict[str, Path]:
     """Write (once) every stand-in under root/models/; returns {folder name: path}."""
     builders: dict[str, Callable[[Path, int], None]] = {
         "tiny-llava-1.5": lambda d, s: _write_llava(d, s, "llama", "llava", LLAVA_CHAT_TEMPLATE),
-        "tiny-bakllava": lambda d, s: _write_llava(d, s, "mistral", "llava", MISTRAL_CHAT_TEMPLATE),
+        "tiny-bakllava": lambda d, s: _write_llava(d, s, "mistral", "llava", MISTRAL_CHAT_TEMPLATE,
+                                                   cls_field=False),
         "tiny-llava-gemma": lambda d, s: _write_llava(d, s, "gemma", "gemma", None),
-        "tiny-vicuna": lambda d, s: _write_llm(d, s, "llama", None),
+        "tiny-vicuna": lambda d, s: _write_llm(d, s, "llama", None, sentencepiece=True),
         # Yi-6B-Chat's generation_config stops at <|im_end|> (id 7), its tokenizer's eos is
         # <|endoftext|>; Yi-6B (base) stops at <|endoftext|>
         "tiny-yi": lambda d, s: _write_llm(d, s, "yi", CHATML_CHAT_TEMPLATE, "<|im_end|>"),
@@ -237,7 +238,11 @@ def _finish_generation_config(model, tok, eos: str | None = None) -> None:
                                             else tok.convert_tokens_to_ids(eos))
 
 
-def _write_llava(out: Path, seed: int, arch: str, family: str, chat_template: str | None) -> None:
+def _write_llava(out: Path, seed: int, arch: str, family: str, chat_template: str | None,
+                 cls_field: bool = True) -> None:
+    """cls_field=False: the processor config has patch_size but no num_additional_image_tokens,
+    as older llava-hf revisions and mirrors (unsloth/llava-1.5-7b-hf) have; transformers 5 then
+    counts 0 for CLIP's CLS unless ifl.compat.complete_processor says otherwise."""
     import torch
     from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
@@ -266,20 +271,37 @@ def _write_llava(out: Path, seed: int, arch: str, family: str, chat_template: st
                                num_additional_image_tokens=1, chat_template=chat_template)
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    if not cls_field:
+        _drop_processor_field(out, "num_additional_image_tokens")
+
+
+def _drop_processor_field(out: Path, key: str) -> None:
+    path = out / "processor_config.json"
+    saved = json.loads(path.read_text())
+    saved.pop(key)
+    path.write_text(json.dumps(saved, indent=2) + "\n")
 
 
 def _write_llm(out: Path, seed: int, family: str, chat_template: str | None,
-               eos: str | None = None) -> None:
+               eos: str | None = None, sentencepiece: bool = False) -> None:
+    """sentencepiece: the tokenizer as tokenizer.model only (lmsys/vicuna-7b-v1.5's files)."""
     import torch
-    from transformers import LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
-    tok = tiny_tokenizer(family)
+    if sentencepiece:
+        from ifl.smoke.sentencepiece_tokenizer import write_sentencepiece_tokenizer
+        from ifl.smoke.tiny_models import tiny_corpus
+        write_sentencepiece_tokenizer(out, tiny_corpus() + _CHAT_LINES)
+        tok = AutoTokenizer.from_pretrained(out)  # converted via protobuf, as the real repo
+    else:
+        tok = tiny_tokenizer(family)
     tok.chat_template = chat_template
     torch.manual_seed(seed)
     model = LlamaForCausalLM(_text_config("llama", tok, len(tok))).eval()
     _finish_generation_config(model, tok, eos)
     model.save_pretrained(out)
-    tok.save_pretrained(out)
+    if not sentencepiece:  # else the folder keeps tokenizer.model as its only tokenizer file
+        tok.save_pretrained(out)
 
 
 def _write_tower(out: Path, seed: int, kind: str) -> None:
