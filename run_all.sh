@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: set up .venv if needed, then run the notebooks headlessly.
-#   ./run_all.sh [PARAMS] [--only NN[,NN]] [--from NN] [-p section.key=value]... [--help]
+#   ./run_all.sh [PARAMS] [--only NN[,NN]] [--from NN] [-p section.key=value]... [--check] [--help]
 # PARAMS defaults to params/default.yaml (the miniature world, CPU, minutes).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -23,6 +23,17 @@ batched run reproduced exactly (in bf16, kernels differ by batch shape, so < 1 i
 
 --check: on the tiny model in float32 on CPU, prompts of different lengths (so left padding is
 exercised), asserts that collect_responses (batch 8) equals the one-at-a-time loop.
+
+--speedups: the options of ifl.collect.options.Speedups against the plain collector, in one run:
+    python benchmarks/collect_throughput.py --speedups                          # CPU, tiny, fp32
+    python benchmarks/collect_throughput.py --speedups --device cuda --sizes 7b --precisions bf16
+Workload: `--images` images, each asked in `--langs` languages (questions of different lengths),
+greedy, exactly `--max-new-tokens` new tokens, `collect_responses(batch_size=B)`. Each mode runs
+twice, the first run as warm-up (compilation), the second timed; `speedup` = plain seconds /
+mode seconds (same model, same run); `same_rows`: the mode's rows equal the plain rows. On CPU
+the tiny model gets `--image-tokens` (576 as LLaVA-1.5) so the prefix has the real share of the
+prompt. Also printed: the fraction of prefill tokens prefix sharing saves on the paper's task
+mix (Table 1 of the paper: tasks and languages per dataset; see prefill_saved).
 """
 from __future__ import annotations
 
@@ -142,6 +153,128 @@ def bench_model(size, precision, args, tiny):
     return results
 
 
+# Images per dataset and how many tasks ask each one (parallel items: the same item in every
+# language). From the paper's Table 1 (ifl/paper/table1_datasets.csv: languages and tasks per
+# dataset): LLaVAW and ViSIT translate every item into all their languages (ifl/data/llavaw.py,
+# visit.py: parallel_id); MaXM has its own images per language (ifl/data/maxm.py), 1 task each.
+PARALLEL = {"PALO-LLaVAW": True, "MaXM": False, "ViSIT": True}
+
+
+def prefill_saved(prefix_tokens: int, suffix_tokens: int) -> pd.DataFrame:
+    """Prefill tokens of the image condition with and without prefix sharing, per dataset of the
+    paper's mix: tasks x (prefix + suffix) plainly; images x prefix + tasks x suffix shared.
+    prefix_tokens: <s>, "USER: ", 576 image tokens; suffix_tokens: "\n{question} ASSISTANT:"
+    (an assumed mean, stated in the output)."""
+    from importlib import resources
+
+    table = pd.read_csv(resources.files("ifl.paper").joinpath("table1_datasets.csv"))
+    rows = []
+    for r in table.itertuples():
+        if r.dataset not in PARALLEL:
+            continue  # MultiQ: text only, no image prefix
+        per_image = r.n_languages if PARALLEL[r.dataset] else 1
+        images = r.size // per_image
+        plain = r.size * (prefix_tokens + suffix_tokens)
+        shared = images * prefix_tokens + r.size * suffix_tokens
+        rows.append(dict(dataset=r.dataset, tasks=r.size, tasks_per_image=per_image, images=images,
+                         prefill_plain=plain, prefill_shared=shared, saved=1 - shared / plain))
+    df = pd.DataFrame(rows)
+    total = dict(dataset="all three", tasks=df.tasks.sum(), tasks_per_image=float("nan"),
+                 images=df.images.sum(), prefill_plain=df.prefill_plain.sum(),
+                 prefill_shared=df.prefill_shared.sum())
+    total["saved"] = 1 - total["prefill_shared"] / total["prefill_plain"]
+    return pd.concat([df, pd.DataFrame([total])], ignore_index=True)
+
+
+def parallel_tasks(images: int, langs: int, image_size: int) -> pd.DataFrame:
+    """images x langs image tasks: every image asked in `langs` languages (questions of
+    different lengths, as translations are)."""
+    words = ["What is in this image?", "Was ist auf diesem Bild zu sehen?", "Qu'y a-t-il ?",
+             "Ce este in aceasta imagine, exact?", "Que hay en la imagen?", "Wat?"]
+    rows = []
+    for k in range(images):
+        buf = io.BytesIO()
+        blank_image(image_size, k).save(buf, format="PNG")
+        for j in range(langs):
+            rows.append(dict(task_id=f"i{k:04d}-l{j:02d}", question=words[j % len(words)],
+                             image=buf.getvalue(), description="A photo."))
+    return pd.DataFrame(rows)
+
+
+SPEEDUP_MODES = {"plain": {}, "share_prefix": {"share_prefix": True},
+                 "static": {"static_cache": True},
+                 "compile": {"static_cache": True, "compile": True},
+                 "share_prefix+compile": {"share_prefix": True, "static_cache": True, "compile": True}}
+
+
+def bench_speedups(args) -> list[dict]:
+    """Every mode of SPEEDUP_MODES on one model per size x precision; rows for print_speedups."""
+    device, results = args.device, []
+    tiny = device == "cpu"
+    sizes = ["tiny"] if tiny else args.sizes.split(",")
+    precisions = ["fp32"] if tiny else args.precisions.split(",")
+    modes = [m for m in args.modes.split(",")]
+    for size in sizes:
+        for precision in precisions:
+            tok = offline_tokenizer(None if tiny else 32000)
+            config = llava_config(size, tok)
+            if tiny:  # the real number of image tokens, tiny widths
+                side = int(args.image_tokens ** 0.5)
+                config.vision_config.image_size = side * config.vision_config.patch_size
+                config.image_seq_length = side * side
+            gc.collect()
+            if device == "cuda":
+                torch.cuda.empty_cache()
+            model = random_llava(config, precision=precision, device=device)
+            processor = offline_processor(config, tok)
+            tasks = parallel_tasks(args.images, args.langs, config.vision_config.image_size)
+            plain = None
+            for bs in args.batch_sizes:  # all modes of one batch size first (a timeout cuts the rest)
+                for mode in modes:
+                    def run():
+                        with tempfile.TemporaryDirectory() as out_dir:
+                            return collect_responses(
+                                model, processor, tasks, model_name=mode, template=TEMPLATE,
+                                conditions=("image",), max_new_tokens=args.max_new_tokens,
+                                min_new_tokens=args.max_new_tokens, batch_size=bs,
+                                out_dir=out_dir, progress=False, speedups=SPEEDUP_MODES[mode])
+                    try:
+                        _, warm = measure(mode, run, device, len(tasks))  # warm-up / compilation
+                        df, row = measure(mode, run, device, len(tasks))
+                    except Exception as exc:  # e.g. a compiler missing on the machine: say so
+                        print(f"{size}/{precision} {mode} bs={bs} failed: {type(exc).__name__}: "
+                              f"{str(exc)[:300]}")
+                        continue
+                    if mode == "plain":
+                        plain = plain or {}
+                        plain[bs] = (df, row["seconds_per_completion"])
+                    base = (plain or {}).get(bs)
+                    cols = ["task_id", "response", "n_new_tokens"]
+                    results.append(dict(
+                        model=f"{size}/{precision}", mode=mode, batch=bs, completions=len(tasks),
+                        seconds_per_completion=row["seconds_per_completion"],
+                        first_run_s=warm["seconds_per_completion"] * len(tasks),
+                        speedup=base[1] / row["seconds_per_completion"] if base else float("nan"),
+                        same_rows=bool(base[0][cols].equals(df[cols])) if base else None,
+                        peak_gib=row["peak_gib"]))
+                    print("row", json.dumps(results[-1], default=str), flush=True)  # kept on timeout
+            del model
+    return results
+
+
+def print_speedups(rows, args) -> None:
+    df = pd.DataFrame(rows)
+    df["peak_gib"] = df.peak_gib.map(lambda v: "-" if v is None or pd.isna(v) else f"{v:.1f}")
+    print(f"\nspeedups, {args.device}: {args.images} images x {args.langs} languages, "
+          f"{args.max_new_tokens} new tokens, greedy (second run of each mode timed)")
+    print(df.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    prefix = 1 + 3 + 576  # <s>, "USER: " (3 tokens in Llama's tokenizer [assumed]), 576 image tokens
+    suffix = args.suffix_tokens
+    print(f"\nprefill saved by prefix sharing on the paper's task mix (image condition; prefix "
+          f"{prefix} tokens, suffix {suffix} tokens assumed per prompt):")
+    print(prefill_saved(prefix, suffix).to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+
+
 def check(max_new_tokens=12) -> None:
     """Batched collect_responses == one at a time, tiny model, float32, CPU, varied lengths."""
     model, processor = tiny_llava()
@@ -184,10 +317,24 @@ def parse(argv=None):
     p.add_argument("--tiny", action="store_true", help="tiny shapes on CPU (16 image tokens)")
     p.add_argument("--check", action="store_true", help="assert batched == one at a time (tiny)")
     p.add_argument("--json", default=None, help="also write the table's rows to this file")
+    p.add_argument("--speedups", action="store_true",
+                   help="time ifl.collect's Speedups against the plain collector")
+    p.add_argument("--modes", default=",".join(SPEEDUP_MODES), help="--speedups: modes to time")
+    p.add_argument("--images", type=int, default=None, help="--speedups: images (CPU 4, GPU 16)")
+    p.add_argument("--langs", type=int, default=8, help="--speedups: languages per image")
+    p.add_argument("--image-tokens", type=int, default=576, help="--speedups on CPU: per image")
+    p.add_argument("--suffix-tokens", type=int, default=40,
+                   help="--speedups: assumed prompt tokens after the image, for prefill_saved")
     a = p.parse_args(argv)
-    a.device = a.device or ("cpu" if a.tiny or not torch.cuda.is_available() else "cuda")
+    a.device = a.device or ("cpu" if a.tiny or a.speedups or not torch.cuda.is_available() else "cuda")
     a.batch_sizes = [int(b) for b in a.batch_sizes.split(",")]
     a.n_single = a.n_single or (4 if a.tiny else 3)
+    if a.speedups:
+        a.device = a.device or "cpu"
+        a.images = a.images or (4 if a.device == "cpu" else 16)
+        if a.batch_sizes == [1, 16, 64]:  # the default of the other mode
+            a.batch_sizes = [16] if a.device == "cpu" else [64]
+        return a
     if a.device == "cpu" and not a.tiny:
         p.error("7b/13b shapes on CPU would take hours; use --device cuda, or --tiny")
     return a
@@ -202,6 +349,13 @@ def main(argv=None) -> None:
     hf_logging.disable_progress_bar()
     if args.check:
         check()
+    if args.speedups:
+        rows = bench_speedups(args)
+        print_speedups(rows, args)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1, default=str)
+        return
     sizes = ["tiny"] if args.tiny else args.sizes.split(",")
     rows = []
     for size in sizes:

@@ -8,9 +8,15 @@
 #    hub-class models, steering/representations in 4-bit);
 # 2. benchmarks/collect_throughput.py at LLaVA-1.5-7b shape, bf16 and NF4 4-bit, one query at a
 #    time against the collector at batch 32/64/128, and 13b in 4-bit;
-# 3. benchmarks/represent_steer_gpu.py: 7B 4-bit representation extraction and steered
+# 3. collect_throughput.py --speedups: prefix sharing, static cache + compiled decoding, both,
+#    against the plain collector, at 7b (bf16; NF4 too when bitsandbytes is there) and 13b
+#    (bf16), batch 16 (fits 24 GB at 7b bf16) and 128 (80 GB+);
+# 4. benchmarks/represent_steer_gpu.py: 7B 4-bit representation extraction and steered
 #    generation, with peak memory (the 24 GB question).
-# Wheels missing on the machine (bitsandbytes, pydantic) may be carried in .whl/.
+# Budget: about 7 minutes of GPU time in all; every step runs under its own `timeout`, and the
+# speedup rows are printed as they finish, so a step cut short still leaves its figures.
+# Wheels missing on the machine (bitsandbytes, pydantic) may be carried in .whl/; without
+# bitsandbytes the NF4 steps are skipped (said in the log).
 set -o pipefail
 OUT=${OUT:-./gpu_out}
 mkdir -p "$OUT"
@@ -23,24 +29,32 @@ else
 fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
-python3 -c "import torch, transformers, bitsandbytes, peft; print('torch', torch.__version__, \
-'transformers', transformers.__version__, 'bitsandbytes', bitsandbytes.__version__, 'peft', \
-peft.__version__)" | tee -a "$OUT/device.txt"
+python3 -c "import torch, transformers, accelerate; print('torch', torch.__version__, \
+'transformers', transformers.__version__, 'accelerate', accelerate.__version__)" | tee -a "$OUT/device.txt"
+if python3 -c "import bitsandbytes" 2>/dev/null; then PRECISIONS=bf16,4bit; else
+  PRECISIONS=bf16; echo "no bitsandbytes: NF4 steps skipped" | tee -a "$OUT/device.txt"; fi
 
 step() { echo "== $1 ($(date +%T))"; }
 step "gpu tests"
-timeout 60 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_models.py tests/test_collect.py 2>&1 | tail -25 | tee "$OUT/gpu_tests.log"
+timeout 55 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_models.py tests/test_collect.py 2>&1 | tail -25 | tee "$OUT/gpu_tests.log"
 step "steering checks, tiny models"
-timeout 50 python3 benchmarks/steer_gpu_check.py 2>&1 | grep -v Warning | tail -60 > "$OUT/steer_check.log"
+timeout 40 python3 benchmarks/steer_gpu_check.py 2>&1 | grep -v Warning | tail -60 > "$OUT/steer_check.log"
 step "throughput 7b"
-timeout 240 python3 benchmarks/collect_throughput.py --device cuda --sizes 7b --precisions 4bit,bf16 \
-  --batch-sizes 32,64,128 --json "$OUT/throughput_7b.json" 2>&1 | grep -v Warning | tee "$OUT/throughput_7b.log"
-step "throughput 13b"
-timeout 100 python3 benchmarks/collect_throughput.py --device cuda --sizes 13b --precisions 4bit \
-  --batch-sizes 64 --n-single 1 --json "$OUT/throughput_13b.json" 2>&1 | grep -v Warning | tee "$OUT/throughput_13b.log"
-if [ -f benchmarks/represent_steer_gpu.py ]; then
+timeout 90 python3 benchmarks/collect_throughput.py --device cuda --sizes 7b --precisions $PRECISIONS \
+  --batch-sizes 64,128 --json "$OUT/throughput_7b.json" 2>&1 | grep -v Warning | tee "$OUT/throughput_7b.log"
+step "speedups 7b (prefix sharing, compiled decoding), bs 16 (24 GB) and 128 (80 GB+)"
+timeout 140 python3 benchmarks/collect_throughput.py --speedups --device cuda --sizes 7b \
+  --precisions $PRECISIONS --batch-sizes 128,16 --images 16 --langs 8 --max-new-tokens 64 \
+  --modes plain,share_prefix,compile,share_prefix+compile --json "$OUT/speedups_7b.json" 2>&1 \
+  | grep -v Warning | tee "$OUT/speedups_7b.log"
+step "speedups 13b bf16, bs 64"
+timeout 80 python3 benchmarks/collect_throughput.py --speedups --device cuda --sizes 13b \
+  --precisions bf16 --batch-sizes 64 --images 8 --langs 8 --max-new-tokens 64 \
+  --modes plain,share_prefix,share_prefix+compile --json "$OUT/speedups_13b.json" 2>&1 \
+  | grep -v Warning | tee "$OUT/speedups_13b.log"
+if [ -f benchmarks/represent_steer_gpu.py ] && [ "$PRECISIONS" != bf16 ]; then
   step "represent + steer 7b 4bit"
-  timeout 100 python3 benchmarks/represent_steer_gpu.py --json "$OUT/represent_steer.json" 2>&1 \
+  timeout 60 python3 benchmarks/represent_steer_gpu.py --json "$OUT/represent_steer.json" 2>&1 \
     | grep -v Warning | tee "$OUT/represent_steer.log"
 fi
 step "done"

@@ -23,10 +23,15 @@ form.) Shuffling first makes every pair of rows jointly selectable.
 
 Sheets are UTF-8 CSV with a byte-order mark, so spreadsheet programs show non-Latin text.
 Blank cells mean "not annotated yet"; `NA` is the annotators' answer "no coherent output".
+A sheet saved back by a spreadsheet program is read whatever it did to it: `;` or tab separators
+(Excel in many locales), cp1252, UTF-16 with a byte-order mark ("Unicode text"). A sheet that
+holds labels is never written over: `export_sheet` refuses, and `place_blank_sheet` puts the
+fresh blank sheet beside it (`<name>.blank.csv`).
 """
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
 from typing import Mapping
@@ -120,10 +125,17 @@ def annotation_sample(df: pd.DataFrame, n: int = 1000, *, seed: int,
 
 def export_sheet(sample: pd.DataFrame, path: str | os.PathLike, *, lang_col: str = "lang",
                  question_col: str = "question", response_col: str = "response",
-                 reference_col: str = "reference") -> Path:
+                 reference_col: str = "reference", keep_labels: bool = True) -> Path:
     """Write the annotators' CSV: id (the sample's index), query_language, question,
     reference (the gold answer, when the sample has one), response, and the empty columns
-    answer_language, matches_gold (true/false/NA), correct (true/false/NA)."""
+    answer_language, matches_gold (true/false/NA), correct (true/false/NA).
+
+    keep_labels: refuse (SheetError) to write over a file that holds labels, or that is not
+    a readable sheet; False only for a sheet this code filled itself (simulated annotators)."""
+    if keep_labels and Path(path).exists() and (held := labels_held(path)) != 0:
+        what = f"holds {held} labeled row(s)" if held else "is not a sheet this code can read"
+        raise SheetError(f"{path} {what}; it is not written over. Import it (set "
+                         "04_score_languages.annotation_sheet to it) or move it away.")
     if not sample.index.is_unique:
         raise ValueError("sample index must be unique: it becomes the sheet's id column")
     sheet = pd.DataFrame({"id": sample.index.astype(str),
@@ -139,11 +151,40 @@ def export_sheet(sample: pd.DataFrame, path: str | os.PathLike, *, lang_col: str
 
 def write_sheet(sheet: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write a sheet as export_sheet does: every text cell quoted (a lone carriage return in a
-    model's answer would otherwise split its row when read back), UTF-8 with a byte-order mark."""
+    model's answer would otherwise split its row when read back), UTF-8 with a byte-order mark.
+    Written to a temporary name and renamed: a full disk never leaves half a sheet."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.to_csv(path, index=False, encoding="utf-8-sig", quoting=csv.QUOTE_NONNUMERIC)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        sheet.to_csv(tmp, index=False, encoding="utf-8-sig", quoting=csv.QUOTE_NONNUMERIC)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def labels_held(path: str | os.PathLike) -> int | None:
+    """Rows of a sheet with any label cell filled (0 for a blank sheet or an empty file);
+    None when the file is not a sheet that can be read (treated as precious)."""
+    try:
+        sheet = read_sheet(path)
+    except SheetError as exc:
+        return 0 if "is empty" in str(exc) else None
+    present = [c for c in LABEL_COLUMNS if c in sheet.columns]
+    if "id" not in sheet.columns or not present:
+        return None
+    return int((sheet[present].apply(lambda col: col.str.strip()) != "").any(axis=1).sum())
+
+
+def place_blank_sheet(sample: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Export the blank sheet to `path`, or, when `path` holds labels (an annotator filled the
+    exported sheet in place), beside it as `<name>.blank.csv`, keeping the filled one.
+    Returns where the blank sheet went."""
+    path = Path(path)
+    if path.exists() and labels_held(path) != 0:
+        path = path.with_name(f"{path.stem}.blank{path.suffix}")
+    return export_sheet(sample, path)
 
 
 def _as_text(column: pd.Series) -> np.ndarray:
@@ -197,8 +238,7 @@ def import_sheet(path: str | os.PathLike, sample: pd.DataFrame, *,
     file and line (line 1 is the header).
     """
     path = Path(path)
-    # keep_default_na=False: "NA" is an answer here, not a missing value.
-    sheet = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    sheet = read_sheet(path)
     missing = [c for c in ("id", *LABEL_COLUMNS) if c not in sheet.columns]
     if missing:
         raise SheetError(f"{path}: missing column(s) {missing} (has {list(sheet.columns)})")
@@ -231,6 +271,59 @@ def import_sheet(path: str | os.PathLike, sample: pd.DataFrame, *,
     return out
 
 
+def count_labeled(labels: pd.DataFrame) -> int:
+    """Rows of an imported sheet (import_sheet's frame) with any label."""
+    return int(labels[list(LABEL_COLUMNS)].notna().any(axis=1).sum())
+
+
+def import_given_sheet(path: str | os.PathLike, sample: pd.DataFrame, **kwargs) -> pd.DataFrame:
+    """import_sheet for a sheet the params name: a sheet without a single label is an error
+    (a blank export given by mistake, or the labels lost), never a silent run without labels."""
+    labels = import_sheet(path, sample, **kwargs)
+    if count_labeled(labels) == 0:
+        raise SheetError(f"{path}: no row has a label (answer_language, matches_gold, correct "
+                         "are all blank). Fill the sheet, or set 04_score_languages."
+                         "annotation_sheet: null to run without annotations.")
+    return labels
+
+
+_SEPARATORS = (",", ";", "\t")
+
+
+def read_sheet(path: str | os.PathLike) -> pd.DataFrame:
+    """A sheet as text cells, whichever encoding and separator a spreadsheet program saved it
+    with: UTF-8 (with or without BOM), UTF-16 with a BOM, else cp1252; `,`, `;` or tab (the
+    one that splits the header into the known columns). SheetError, in one line, otherwise."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SheetError(f"{path}: cannot read the sheet: {exc.strerror or exc}") from None
+    if not data.strip(b" \t\r\n\x00\xef\xbb\xbf\xff\xfe"):
+        raise SheetError(f"{path}: the file is empty; expected the CSV that notebook 04 exported "
+                         f"(columns id, ..., {', '.join(LABEL_COLUMNS)})")
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        text, encoding = data.decode("utf-16"), "UTF-16"
+    else:
+        try:
+            text, encoding = data.decode("utf-8-sig"), "UTF-8"
+        except UnicodeDecodeError:
+            text, encoding = data.decode("cp1252", errors="replace"), "cp1252"
+    header = text.splitlines()[0] if text.strip() else ""
+    sep = max(_SEPARATORS, key=lambda s: (sum(c in header.split(s) for c in ("id", *LABEL_COLUMNS)),
+                                          header.count(s)))
+    try:
+        # keep_default_na=False: "NA" is an answer here, not a missing value.
+        sheet = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, sep=sep)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
+        shown = {",": "','", ";": "';'", "\t": "tab"}[sep]
+        raise SheetError(f"{path}: not a readable sheet ({encoding}, {shown}-separated): "
+                         f"{' '.join(str(exc).split())}; expected a CSV with columns id, ..., "
+                         f"{', '.join(LABEL_COLUMNS)}") from None
+    sheet.columns = [str(c).strip() for c in sheet.columns]
+    return sheet
+
+
 def _row_labels(row, where: str) -> dict[str, str]:
     """The filled label cells of one sheet row, normalised; blank cells are left out."""
     values = {}
@@ -253,4 +346,5 @@ def _row_labels(row, where: str) -> dict[str, str]:
 
 __all__ = ["annotation_weights", "inclusion_probabilities", "systematic_pps",
            "annotation_sample", "export_sheet", "write_sheet", "import_sheet", "answer_language_name",
-           "SheetError", "PAPER_LANG_WEIGHTS"]
+           "SheetError", "PAPER_LANG_WEIGHTS", "read_sheet", "labels_held", "place_blank_sheet",
+           "import_given_sheet", "count_labeled"]

@@ -18,8 +18,9 @@ Processor classes (what `processor_classes` records beside results):
   "right": set "left" for batched generation (ifl.models.load_llava does).
 * LlavaProcessor needs `patch_size`, `vision_feature_select_strategy` and
   `num_additional_image_tokens` to expand `<image>` into one token per patch (fields added to the
-  llava-hf repos in 2024, >= 4.46); `complete_processor` fills them from the model config for
-  older repo revisions. Intel/llava-gemma-2b needed its own `LlavaGemmaProcessor` before 4.41.1.
+  llava-hf repos in 2024, >= 4.46; `num_additional_image_tokens` came later and defaults to 0);
+  `complete_processor` fills them from the model config for older repo revisions.
+  Intel/llava-gemma-2b needed its own `LlavaGemmaProcessor` before 4.41.1.
 
 >>> import torch
 >>> untuple((torch.zeros(1, 2, 3), None)).shape
@@ -39,6 +40,7 @@ _LANGUAGE_MODEL_PATHS = (
     "model.language_model",  # LLaVA, transformers >= 4.52 (LlavaModel.language_model)
     "language_model.model",  # LLaVA, transformers < 4.52 (LlavaForConditionalGeneration.language_model)
     "model",                 # a plain causal LM (LlamaForCausalLM.model), e.g. a design-space base LLM
+    "model.text_model",      # Idefics3 / SmolVLM (Idefics3Model.text_model)
 )
 
 
@@ -104,33 +106,73 @@ def image_features(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor
     return out
 
 
+# Kept in full precision under 4-/8-bit loading, as LLaVA's own 4-bit loader does (only the LLM's
+# linear layers are quantised): quantising the CLIP tower and the projector changes the image
+# features for no memory worth having. transformers 5 matches a pattern from the start of the
+# module path ("model.vision_tower...") or as its suffix, and by default skips only the output
+# embeddings; 4.x matched substrings of top-level paths ("vision_tower..."). Both spellings here.
+LLAVA_UNQUANTISED = ("model.vision_tower", "model.multi_modal_projector", "vision_tower",
+                     "multi_modal_projector", "lm_head")
+
+
+def nf4_config(compute_dtype: torch.dtype = torch.bfloat16, skip=LLAVA_UNQUANTISED):
+    """The one NF4 config of the package (inference, QLoRA training, the synthetic models): NF4
+    with double quantisation (QLoRA, Dettmers et al. 2023), `compute_dtype` compute, the modules
+    in `skip` left unquantised (None: transformers' default)."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute_dtype,
+                              llm_int8_skip_modules=list(skip) if skip else None)
+
+
 def bnb_config(kind: str | None, compute_dtype: torch.dtype = torch.bfloat16):
-    """BitsAndBytesConfig for `quantization` = "4bit" (NF4, double quantisation, bf16 compute: the
-    QLoRA recipe) or "8bit" (LLM.int8); None -> None. Pass as `quantization_config=` (5.x)."""
+    """BitsAndBytesConfig of a LLaVA model for `quantization` = "4bit" (`nf4_config`) or "8bit"
+    (LLM.int8); None -> None. Tower, projector and lm_head stay unquantised
+    (`LLAVA_UNQUANTISED`). Pass as `quantization_config=` (5.x)."""
     if kind is None:
         return None
     from transformers import BitsAndBytesConfig
 
     if kind == "4bit":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                  bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=compute_dtype)
+        return nf4_config(compute_dtype)
     if kind == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(LLAVA_UNQUANTISED))
     raise ValueError(f"quantization must be None, '4bit' or '8bit', got {kind!r}")
 
 
+# Tokens a vision tower puts before its patches (CLS, registers): what LlavaProcessor's
+# `num_additional_image_tokens` must say. Towers not listed are left as their processor says.
+def tower_extra_tokens(vision_config) -> int | None:
+    """CLS (+ registers) of a CLIP or DINOv2 tower; 0 for SigLIP (no CLS); None if unknown.
+
+    >>> from transformers import CLIPVisionConfig
+    >>> tower_extra_tokens(CLIPVisionConfig())
+    1
+    """
+    kind = vision_config.model_type
+    if kind in ("clip_vision_model", "clip", "dinov2", "dinov2_with_registers"):
+        return 1 + getattr(vision_config, "num_register_tokens", 0)
+    if kind in ("siglip_vision_model", "siglip"):
+        return 0
+    return None
+
+
 def complete_processor(processor, config) -> None:
-    """Fill what older llava-hf revisions' processor configs lack (patch_size, select strategy,
-    CLS count; all three came together), from the model config, so that `<image>` expands to
-    one token per image feature. A processor that has `patch_size` is left as it is."""
-    if getattr(processor, "patch_size", None) is not None:
-        return
+    """Make `<image>` expand to exactly one token per image feature, from the model config:
+    * patch_size and select strategy, which llava-hf processor configs lacked before 2024;
+    * num_additional_image_tokens from the tower (CLIP: its CLS), which configs written between
+      those two changes lack (older llava-hf revisions, mirrors such as unsloth/llava-1.5-7b-hf):
+      transformers 5 then defaults it to 0 and inserts 575 placeholders for 576 features
+      ("Image features and image tokens do not match"). A loaded processor cannot tell an
+      absent field from an explicit 0, so the tower decides whenever its type is known."""
     vision = config.vision_config
-    processor.patch_size = vision.patch_size
-    processor.vision_feature_select_strategy = config.vision_feature_select_strategy
-    # CLIP and DINOv2 towers put one CLS token before the patches
-    processor.num_additional_image_tokens = int(vision.model_type in ("clip_vision_model", "dinov2"))
+    if getattr(processor, "patch_size", None) is None:
+        processor.patch_size = vision.patch_size
+        processor.vision_feature_select_strategy = config.vision_feature_select_strategy
+    extra = tower_extra_tokens(vision)
+    if extra is not None:
+        processor.num_additional_image_tokens = extra
 
 
 def processor_classes(processor) -> dict[str, str]:
@@ -141,3 +183,61 @@ def processor_classes(processor) -> dict[str, str]:
         if getattr(processor, part, None) is not None:
             out[part] = type(getattr(processor, part)).__name__
     return out
+
+
+# --- KV caches (ifl.collect.prefix) -------------------------------------------------------------
+# transformers 5.x holds a cache's tensors per layer (`cache.layers[i].keys/values`; 4.x had
+# `cache.key_cache[i]`), returns it as `past_key_values` on model outputs (renamed `cache` in
+# 5.2x, with `past_key_values` kept as a deprecated alias on inputs), and a StaticLayer's
+# `update` writes at `cache_kwargs["cache_position"]` (<= 5.1x) or after its own running length
+# (5.2x). Each function below reads whichever this version has.
+
+def generate_cache_kwarg() -> str:
+    """The name under which generate() takes a ready KV cache ("cache" since 5.2x)."""
+    import inspect
+
+    from transformers import GenerationMixin
+
+    params = inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def forward_cache(output) -> Any:
+    """The KV cache a forward pass with use_cache=True returned."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
+def cache_layer_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(keys, values) [batch, kv_heads, seq, head_dim] of every layer of a DynamicCache."""
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache))
+
+
+def select_cache_rows(cache, rows: torch.Tensor) -> None:
+    """Keep (and repeat) batch rows of a DynamicCache in place: row i becomes old row rows[i]."""
+    cache.batch_select_indices(rows)
+
+
+def static_cache_from(model, cache, rows: torch.Tensor, *, max_cache_len: int):
+    """A StaticCache of `max_cache_len` positions holding `cache`'s rows `rows` at positions
+    0..len-1 (what a compiled decode step needs: fixed shapes)."""
+    from transformers import StaticCache
+
+    static = StaticCache(config=model.config, max_cache_len=max_cache_len)
+    for i, (k, v) in enumerate(cache_layer_tensors(cache)):
+        positions = torch.arange(k.shape[-2], device=k.device)
+        static.update(k[rows], v[rows], i, {"cache_position": positions})
+    return static
+
+
+def compile_config(device: torch.device):
+    """generate()'s settings for compiling the decode step. transformers compiles only on
+    accelerators unless `_compile_all_devices` is set (CPU: for tests)."""
+    from transformers import CompileConfig
+
+    config = CompileConfig(fullgraph=False, dynamic=False)
+    if torch.device(device).type == "cpu":
+        config._compile_all_devices = True
+    return config

@@ -106,16 +106,17 @@ def find_model(source: str | os.PathLike) -> ModelInfo | None:
 def template_for(model, override: str | None = None) -> ChatTemplate:
     """The chat template to prompt `model` with: `override` (a prompts.yaml name, e.g. from
     params) if given, else the models.yaml row's. `model`: a row name, hub id, local folder,
-    or a loaded model (its `name_or_path`)."""
-    if override is not None:
-        return template(override)
+    or a loaded model (its `name_or_path`). Its `image_first` is the row's (True if no row)."""
     source = model if isinstance(model, (str, os.PathLike)) else getattr(model, "name_or_path", "")
     info = find_model(source)
+    if override is not None:
+        found = template(override)
+        return found if info is None else dataclasses.replace(found, image_first=info.image_first)
     if info is None or info.template is None:
         raise KeyError(f"no chat template known for {str(source)!r}: it matches no row of "
                        "ifl/models.yaml; pass a template name from ifl/prompts.yaml "
                        f"({', '.join(templates())})")
-    return template(info.template)
+    return dataclasses.replace(template(info.template), image_first=info.image_first)
 
 
 def is_local(source: str | os.PathLike) -> bool:
@@ -180,8 +181,10 @@ def _unavailable(source: str, revision: str | None, exc: Exception) -> ModelUnav
         f"or `{download_command(source, revision, 'DIR')}` and pass DIR as the source.")
 
 
-def _torch_dtype(dtype: str):
+def _torch_dtype(dtype):
     import torch
+    if isinstance(dtype, torch.dtype):
+        return dtype
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     return dtype if dtype == "auto" else getattr(torch, dtype)
@@ -192,19 +195,22 @@ def load_llava(source: str | os.PathLike, *, revision: str | None = None, dtype:
     """(model, processor) of a LLaVA-style model (`model_type: llava`): a hub id, a models.yaml
     row name, or a local folder, all through the same `from_pretrained` calls.
 
-    dtype: float32 | bfloat16 | float16 | auto. quantization: None | "4bit" (NF4, double
-    quantisation, bf16 compute) | "8bit" (bitsandbytes; on CPU every quantised linear layer
-    needs input width >= 64). device: "cpu", "cuda", "cuda:1" (whole model there) or "auto"
+    dtype: float32 | bfloat16 | float16 | auto (or a torch.dtype). quantization: None | "4bit"
+    (`ifl.compat.nf4_config`: NF4, double quantisation, `dtype` compute; "auto": bf16) |
+    "8bit" (bitsandbytes; on CPU every quantised linear layer needs input width >= 64); either
+    way the vision tower, projector and lm_head stay unquantised, as in LLaVA's own loader. device: "cpu", "cuda", "cuda:1" (whole model there) or "auto"
     (accelerate spreads it over the GPUs). The processor's tokenizer pads on the left, as
     batched generation needs. `provenance(source, revision)` gives the commit that was read.
     """
+    import torch
     from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
 
     from ifl.compat import bnb_config, complete_processor
 
     path, revision = resolve(source, revision)
     torch_dtype = _torch_dtype(dtype)
-    quantization_config = bnb_config(quantization)  # raises on an unknown kind
+    compute = torch_dtype if isinstance(torch_dtype, torch.dtype) else torch.bfloat16  # "auto": bf16
+    quantization_config = bnb_config(quantization, compute)  # raises on an unknown kind
     device_map = "auto" if device == "auto" else {"": device}
     try:
         if is_local(path) and not (Path(path) / "config.json").is_file():
@@ -213,7 +219,8 @@ def load_llava(source: str | os.PathLike, *, revision: str | None = None, dtype:
         if config.model_type != "llava":
             raise ValueError(f"{path} is model_type {config.model_type!r}, not 'llava': load_llava "
                              "loads LlavaForConditionalGeneration checkpoints only")
-        processor = AutoProcessor.from_pretrained(path, revision=revision)
+        # PIL image processing, as LLaVA's own (and training, which loads through here too)
+        processor = AutoProcessor.from_pretrained(path, revision=revision, backend="pil")
         model = LlavaForConditionalGeneration.from_pretrained(
             path, revision=revision, dtype=torch_dtype, quantization_config=quantization_config,
             device_map=device_map)

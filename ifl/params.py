@@ -7,6 +7,12 @@ error names the file, the section and the key:
 
     params/x.yaml: section '01_translate_data', key 'batch_sise': unknown key (did you mean 'batch_size'?)
 
+Defaults live in one place, the schema (ifl/params_schema.py): a key or a whole block left out
+of a file takes the schema's default, which is the paper's setting (params/default.yaml sets the
+miniature's sizes explicitly). The resolved params saved with a run (runs/<run>/params.yaml)
+mark every value with where it came from: the file, a `-p` override, or the schema's default.
+An empty file and a key given twice are errors.
+
 >>> p = load_params("params/default.yaml", overrides=["common.seed=3"])
 >>> p.common.seed
 3
@@ -21,7 +27,7 @@ from typing import Any, Iterable
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ifl.params_schema import SECTIONS, Params, local_path_fields
+from ifl.params_schema import SECTIONS, Params, _LocalFile, local_path_fields
 from ifl.params_schema import section as section_of
 
 
@@ -35,9 +41,14 @@ def load_params(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Param
     if not path.is_file():
         raise ParamsError(f"params file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    except DuplicateKeyError as exc:
+        raise ParamsError(f"{path}: {exc}") from None
+    if raw is None:
+        raise ParamsError(f"{path}: the file is empty; start from params/default.yaml (the "
+                          "miniature) or params/paper.yaml")
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections at the top level")
     origins = {_apply_override(raw, override, path): override for override in overrides}
@@ -66,12 +77,13 @@ def check_files(params: Params, *, source: str, root: Path = Path("."),
     """Every local path named in params (in `sections`, default all) must exist; hub ids are
     checked when loaded. The runner checks only the notebooks it is about to run. Sources are
     read only in the paper world (the miniature makes all its data), so only there are they
-    checked."""
-    if params.common.world != "paper":
-        return
+    checked; local files such as the annotation sheet are read in both worlds."""
+    fields = list(local_path_fields(params, kind=_LocalFile))
+    if params.common.world == "paper":
+        fields += list(local_path_fields(params))
     missing = []
     wanted = None if sections is None else set(sections)
-    for section, key, value in local_path_fields(params):
+    for section, key, value in fields:
         if wanted is not None and section not in wanted:
             continue
         if not (root / Path(value).expanduser()).exists():
@@ -102,10 +114,66 @@ def from_notebook(namespace: dict[str, Any], section: str) -> tuple[Any, Any]:
     return params.common, section_of(params, section)
 
 
-def dump(params: Params) -> str:
-    """The resolved params as YAML (saved beside every run)."""
-    return yaml.safe_dump(params.model_dump(by_alias=True, mode="json"), sort_keys=False,
-                          allow_unicode=True)
+def value_origins(params: Params, overrides: Iterable[str] = ()) -> dict[tuple[str, str], str]:
+    """(section, key) -> where its value came from: 'file', '-p <override>' (one of
+    `overrides`, as given to load_params) or 'default' (the schema's)."""
+    overrides = {tuple(o.split("=", 1)[0].split(".", 1)): o for o in overrides}
+    out = {}
+    for name in SECTIONS:
+        block = section_of(params, name)
+        for key in type(block).model_fields:
+            if (name, key) in overrides:
+                out[name, key] = f"-p {overrides[name, key]}"
+            else:
+                out[name, key] = "file" if key in block.model_fields_set else "default"
+    return out
+
+
+def defaulted_blocks(params: Params) -> list[str]:
+    """Blocks the params file left out (every key from the schema's defaults)."""
+    origins = value_origins(params)
+    return [name for name in SECTIONS
+            if all(origins[name, key] == "default" for key in SECTIONS[name].model_fields)]
+
+
+def dump(params: Params, overrides: Iterable[str] = ()) -> str:
+    """The resolved params as YAML (saved beside every run), each value with a comment saying
+    where it came from (`# default` = ifl/params_schema.py; `# -p ...` = a command-line
+    override; no comment = the params file)."""
+    dumped = params.model_dump(by_alias=True, mode="json")
+    origins = value_origins(params, overrides)
+    lines = []
+    for name, block in dumped.items():
+        lines.append(f"{name}:")
+        for key, value in block.items():
+            # one line per key: the value in YAML flow style ([a, b], {k: v}, quoted if needed)
+            flow = yaml.safe_dump([value], default_flow_style=True, width=10**6,
+                                  allow_unicode=True).strip()[1:-1]
+            text = f"  {key}: {flow}"
+            origin = origins[name, key]
+            if origin != "file":
+                text += "  # default (ifl/params_schema.py)" if origin == "default" else f"  # {origin}"
+            lines.append(text)
+    return "\n".join(lines) + "\n"
+
+
+class DuplicateKeyError(ValueError):
+    """A params file sets one key twice."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise DuplicateKeyError(f"key {key!r} is given twice, on line {seen[key]} and "
+                                        f"line {line}; keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 def _apply_override(raw: dict, override: str, source: Path) -> tuple[str, str]:
@@ -150,4 +218,4 @@ def _did_you_mean(name: str, choices: Iterable[str]) -> str:
 
 
 __all__ = ["ParamsError", "load_params", "validate", "check_files", "notebook_parameters",
-           "dump", "Params", "BaseModel"]
+           "dump", "value_origins", "defaulted_blocks", "Params", "BaseModel"]

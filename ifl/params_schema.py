@@ -4,8 +4,10 @@ Each block is a pydantic model that forbids unknown keys. A key's type, range an
 here once; `params/*.yaml` only set values. Later notebooks add their block to `SECTIONS`.
 
 Sources (`*_source`) are either a Hugging Face hub id (`owner/name`, fetched at the pinned
-`*_revision`) or a local folder laid out like that hub repo. A value starting with `/`, `./`,
-`../` or `~` is local and must exist before the run starts.
+`*_revision`) or a local folder laid out like that hub repo. A value that exists locally, or
+that looks like a path (`/`, `./`, `../`, `~` in front, or two or more `/`), is local and must
+exist before the run starts (`ifl.data.hub.is_path_like`, the same rule the loaders use).
+`annotation_sheet` is a local file in both worlds and is checked the same way.
 """
 from __future__ import annotations
 
@@ -13,12 +15,16 @@ from typing import Annotated, Any, Iterator, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from ifl.data.hub import SOURCES
+from ifl.data.hub import SOURCES, is_path_like
 from ifl.data.languages import LANGUAGES
 
 
 class _Source:
     """Marker in `Annotated[...]`: this string names a hub id or a local path."""
+
+
+class _LocalFile:
+    """Marker in `Annotated[...]`: this string (when set) names a local file, in any world."""
 
 
 def _known_language(code: str) -> str:
@@ -28,8 +34,15 @@ def _known_language(code: str) -> str:
 
 
 def is_local(value: str) -> bool:
-    """Local path (checked to exist) rather than a hub id."""
-    return value.startswith(("/", "./", "../", "~"))
+    """Local path (checked to exist) rather than a hub id: see `ifl.data.hub.is_path_like`."""
+    return is_path_like(value)
+
+
+def _plain_run_name(name: str) -> str:
+    if name in (".", ".."):
+        raise ValueError("a run name is one plain folder name, not '.' or '..' (it becomes "
+                         "runs/<run_name>/)")
+    return name
 
 
 def _query_or_language(code: str) -> str:
@@ -53,8 +66,9 @@ class Block(BaseModel):
 
 
 class Common(Block):
-    run_name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$",
-                          description="outputs go to runs/<run_name>/, rendered/<run_name>/ ...")
+    run_name: Annotated[str, AfterValidator(_plain_run_name)] = Field(
+        "default", pattern=r"^[A-Za-z0-9_.-]+$",
+        description="one folder name: outputs go to runs/<run_name>/, rendered/<run_name>/ ...")
     seed: int = Field(0, ge=0)
     world: Literal["miniature", "paper"] = "miniature"
     languages: list[Lang] = Field(default_factory=lambda: ["en", "de", "zh", "ru", "hi", "ar"],
@@ -162,11 +176,16 @@ class TrainVariants(Block):
     training: Literal["full", "qlora"] = Field("qlora", description=(
         "full: LLaVA's recipe (several GPUs, accelerate/DeepSpeed); qlora: one 24 GB GPU"))
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
-    stage1_lr: float = Field(1e-3, gt=0, le=1)
+    stage1_lr: float | None = Field(None, gt=0, le=1, description=(
+        "null = the recipe's (LLaVA-1.5 pretrain.sh: 1e-3)"))
     stage1_global_batch: int = Field(256, ge=1)
     stage1_micro_batch: int = Field(16, ge=1)
     stage1_max_steps: int | None = Field(None, ge=1, description="null = one epoch")
-    stage2_lr: float = Field(2e-5, gt=0, le=1, description="LLaVA-1.5; QLoRA usually wants ~2e-4")
+    stage2_lr: float | None = Field(None, gt=0, le=1, description=(
+        "null = the recipe of `training`: full 2e-5 (finetune.sh), qlora 2e-4 for LoRA "
+        "(finetune_lora.sh); see ifl/train/recipes.py"))
+    stage2_projector_lr: float | None = Field(None, gt=0, le=1, description=(
+        "qlora only: the projector's stage-2 lr; null = finetune_lora.sh's mm_projector_lr 2e-5"))
     stage2_global_batch: int = Field(128, ge=1)
     stage2_micro_batch: int = Field(4, ge=1)
     stage2_max_steps: int | None = Field(None, ge=1, description="null = one epoch")
@@ -175,6 +194,10 @@ class TrainVariants(Block):
     lora_r: int = Field(128, ge=1)
     lora_alpha: int = Field(256, ge=1)
     gradient_checkpointing: bool = True
+    skip_missing_images: bool = Field(False, description=(
+        "false: training stops before it starts when a record's image is missing (count and "
+        "first paths named); true: such records are left out, counted in images.json and "
+        "the variants table"))
 
 
 def _default_llava_sources() -> dict[str, str]:
@@ -202,6 +225,12 @@ class CollectResponses(Block):
     quantization: Literal["none", "4bit", "8bit"] = Field("4bit", description=(
         "4bit = NF4 via bitsandbytes (one 24 GB GPU); none = dtype as is"))
     threads: int = Field(2, ge=1, le=256, description="CPU threads (miniature)")
+    precision_check: bool = Field(False, description=(
+        "also collect a seeded sample of tasks in both NF4 and bf16 and report each one's IFL "
+        "and their difference with a cluster-bootstrap CI (precision_check.csv): did 4-bit "
+        "move the result?"))
+    precision_check_items: int = Field(50, ge=2, description=(
+        "parallel items in the precision check's sample (all languages of each)"))
 
 
 class ScoreLanguages(Block):
@@ -210,10 +239,13 @@ class ScoreLanguages(Block):
         "GlotLID v3: hub repo (file model_v3.bin) or a local model_v3.bin"))
     glotlid_revision: Revision = None
     identifier: Literal["auto", "glotlid", "fallback"] = Field("auto", description=(
-        "auto: GlotLID v3 if it can be had, else fastText lid.176 (said in the outputs)"))
+        "glotlid: GlotLID v3 or an error saying how to get it (the paper); auto: GlotLID v3 if it "
+        "can be had, else fastText lid.176 with a warning (said in the outputs); fallback: lid.176"))
     annotation_n: int = Field(1000, ge=1, description="size of the stratified annotation sample")
-    annotation_sheet: str | None = Field(None, description=(
-        "a filled annotation sheet (CSV) to import; null = export the sheet for annotators"))
+    annotation_sheet: Annotated[str | None, _LocalFile()] = Field(None, description=(
+        "a filled annotation sheet (CSV) to import, in either world (it may be the exported "
+        "runs/<run>/04_score_languages/annotation_sheet.csv, filled in place: a sheet holding "
+        "labels is never written over); null = export the sheet for annotators"))
     simulate_annotations: bool = Field(False, description=(
         "paper-smoke only: fill the exported sheet with a stand-in annotator (the fallback "
         "identifier) so that the import and DSL paths run; its labels mean nothing"))
@@ -226,9 +258,10 @@ class ScoreLanguages(Block):
 
 class DslRegressions(Block):
     """05_dsl_regressions: Figure 1 and Table 4 with design-based supervised learning."""
-    learner: Literal["forest", "linear", "logistic"] = Field("forest", description=(
+    learner: Literal["forest", "forest-sklearn", "linear", "logistic"] = Field("forest", description=(
         "DSL's learner g of gold from the surrogate, condition, language, benchmark, length and "
-        "model (forest ~ the R package's grf default)"))
+        "model (forest: an honest forest with grf's defaults, the R package's learner; "
+        "forest-sklearn: scikit-learn's forest, no honesty)"))
     cross_fit: int = Field(5, ge=2, le=50, description="folds K of the cross-fitting (R: 5)")
     sample_split: int = Field(10, ge=1, le=100, description=(
         "repeated fold draws S, combined by the median rule (R: 10)"))
@@ -348,13 +381,18 @@ def section(params: Params, name: str) -> Block:
     raise KeyError(name)
 
 
-def local_path_fields(params: Params) -> Iterator[tuple[str, str, str]]:
-    """(section, key, value) of every Source field that names a local path."""
+def local_path_fields(params: Params, *, kind: type = _Source) -> Iterator[tuple[str, str, str]]:
+    """(section, key, value) of every Source field that names a local path (kind=_LocalFile:
+    every set local-file field, such as the annotation sheet)."""
     for name in SECTIONS:
         block = section(params, name)
         for key, info in type(block).model_fields.items():
             value: Any = getattr(block, key)
-            if not any(isinstance(m, _Source) for m in info.metadata):
+            if not any(isinstance(m, kind) for m in info.metadata):
+                continue
+            if kind is _LocalFile:
+                if value is not None:
+                    yield name, key, value
                 continue
             items = value.items() if isinstance(value, dict) else [(None, value)]
             for sub, item in items:

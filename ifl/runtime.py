@@ -101,6 +101,18 @@ def variant_template(llm: str, world: str) -> str:
     return template_for(llm).name
 
 
+def run_template(row: Any):
+    """The chat template a models-table row prompts with (`ifl.prompts.ChatTemplate`), its
+    `image_first` included (a table written before that column existed: True)."""
+    import dataclasses
+
+    from ifl.prompts import template
+
+    image_first = getattr(row, "image_first", True)
+    image_first = True if pd.isna(image_first) else bool(image_first)
+    return dataclasses.replace(template(row.template), image_first=image_first)
+
+
 def load_model(row: Any, *, dtype: str, quantization: str, device: str):
     """(model, processor) of one row of a models table (a dict, a namedtuple from itertuples or
     a Series): its `source` and `revision` (None or NaN: the default). quantization 'none' is

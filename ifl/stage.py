@@ -19,10 +19,11 @@ import csv
 import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 STAGE_FILE = "stage.json"
 
@@ -144,11 +145,14 @@ class Stage:
         return self.path(row["file"])
 
     def save_figure(self, fig: Any, name: str) -> tuple[Path, Path]:
-        """Save a matplotlib figure as `paper_figures/<run>/<name>.png` and `.pdf`."""
+        """Save a matplotlib figure as `paper_figures/<run>/<name>.png` and `.pdf`, each
+        atomically: a full disk leaves the previous file or none, never a partial one."""
         self.figure_dir.mkdir(parents=True, exist_ok=True)
         png, pdf = self.figure_dir / f"{name}.png", self.figure_dir / f"{name}.pdf"
-        fig.savefig(png, dpi=150, bbox_inches="tight")
-        fig.savefig(pdf, bbox_inches="tight")
+        with atomic_path(png) as tmp:
+            fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
+        with atomic_path(pdf) as tmp:
+            fig.savefig(tmp, format="pdf", bbox_inches="tight")
         return png, pdf
 
     def finish(self, headline: str, **metrics: Any) -> Path:
@@ -172,10 +176,34 @@ def read_stage_record(run_dir: Path, name: str) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside `path` to write to; renamed onto `path` when the body succeeds,
+    removed when it fails. An OSError (disk full, read-only) is raised again naming `path`,
+    the file the user knows, not the temporary one.
+
+    >>> import tempfile
+    >>> target = Path(tempfile.mkdtemp()) / "a.txt"
+    >>> with atomic_path(target) as tmp:
+    ...     _ = tmp.write_text("whole")
+    >>> target.read_text()
+    'whole'
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_json_atomic(path: Path, obj: Any, indent: int | None = 2) -> Path:
     """Write JSON via a temp file and rename, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=indent, ensure_ascii=False, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=indent, ensure_ascii=False, default=str),
+                       encoding="utf-8")
     return path

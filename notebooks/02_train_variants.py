@@ -82,11 +82,12 @@ pretrain_image_folder = "./data/LLaVA-Pretrain/images"
 instruct_image_folder = "./data/playground/data"
 training = "qlora"
 dtype = "bfloat16"
-stage1_lr = 0.001
+stage1_lr = None
 stage1_global_batch = 256
 stage1_micro_batch = 16
 stage1_max_steps = None
-stage2_lr = 2e-05
+stage2_lr = None
+stage2_projector_lr = None
 stage2_global_batch = 128
 stage2_micro_batch = 4
 stage2_max_steps = None
@@ -95,6 +96,7 @@ save_every = 200
 lora_r = 128
 lora_alpha = 256
 gradient_checkpointing = True
+skip_missing_images = False
 
 # %%
 import json

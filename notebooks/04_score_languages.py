@@ -34,7 +34,11 @@
 # fills it: the generator knows every word's language (`gold_language`), optionally with an
 # error rate; it also knows the truth on every row (`fidelity_true`), which notebook 05 uses to
 # check DSL against the truth, something the paper could not do. **In the paper world** the sheet
-# goes to people; set `annotation_sheet` to the filled file and rerun this notebook.
+# goes to people; set `annotation_sheet` to the filled file and rerun this notebook (in either
+# world: a reader may label the miniature's sample by hand too). Filling the exported sheet in
+# place is fine: a sheet holding labels is never written over (a fresh blank one goes beside it,
+# `annotation_sheet.blank.csv`), and a given sheet without a single label stops the notebook.
+# Simulated annotators fill their own copy, `annotation_sheet.simulated.csv`.
 #
 # Answer **accuracy** (for Table 4's right half) has a surrogate too: the reference answer appears
 # in the response (the paper used GPT-4o as the judge; an OpenAI-compatible judge can be set in
@@ -93,8 +97,8 @@ print(stage04.empty_note(scored))
 
 # %% [markdown]
 # ## The annotation sample
-# Drawn from all responses with the paper's weights; the sheet is written to
-# `runs/<run>/04_score_languages/annotation_sheet.csv`.
+# Drawn from all responses with the paper's weights; the blank sheet is written to
+# `runs/<run>/04_score_languages/annotation_sheet.csv` (or beside it, if that one holds labels).
 
 # %%
 scored = stage04.annotate(scored, p, world=common.world, seed=common.seed,

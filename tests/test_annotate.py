@@ -209,3 +209,53 @@ def test_rewritten_sheet_keeps_rows_with_carriage_returns(tmp_path):
     write_sheet(sheet, path)
     labels = import_sheet(path, sample)
     assert labels["labeled"].all() and labels["fidelity"].tolist() == [True, True]
+
+
+def test_export_never_writes_over_a_sheet_holding_labels(sample, tmp_path):
+    from ifl.annotate import labels_held, place_blank_sheet
+    path = export_sheet(sample, tmp_path / "a.csv")
+    assert labels_held(path) == 0
+    export_sheet(sample, path)  # a blank sheet may be refreshed
+    first = list(sample.index)[0]
+    fill(path, {first: dict(answer_language="de")})
+    before = path.read_bytes()
+    assert labels_held(path) == 1
+    with pytest.raises(SheetError, match="holds 1 labeled row.*not written over"):
+        export_sheet(sample, path)
+    blank = place_blank_sheet(sample, path)
+    assert blank == tmp_path / "a.blank.csv" and labels_held(blank) == 0
+    assert path.read_bytes() == before
+
+
+def _sheet_text(sample, path) -> tuple[str, str]:
+    """(text, first id) of an exported sheet with its first row labeled 'de'."""
+    export_sheet(sample, path)
+    first = list(sample.index)[0]
+    fill(path, {first: dict(answer_language="de", correct="true")})
+    return path.read_text(encoding="utf-8-sig"), first
+
+
+@pytest.mark.parametrize("encoding,sep", [("utf-8-sig", ";"), ("cp1252", ","), ("utf-16", "\t"),
+                                          ("utf-16", ";"), ("utf-8", ",")])
+def test_import_reads_what_spreadsheet_programs_save(sample, tmp_path, encoding, sep):
+    text, first = _sheet_text(sample.assign(response="café, déjà vu"), tmp_path / "a.csv")
+    sheet = pd.read_csv(tmp_path / "a.csv", dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    saved = tmp_path / "saved.csv"
+    sheet.to_csv(saved, index=False, sep=sep, encoding=encoding)  # utf-16 writes a BOM
+    labels = import_sheet(saved, sample)
+    assert labels["labeled"].sum() == 1 and labels.loc[first, "answer_language"] == "german"
+    assert labels.loc[first, "correct"] == "true"
+
+
+def test_empty_or_broken_sheet_fails_in_one_line(sample, tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    with pytest.raises(SheetError) as err:
+        import_sheet(empty, sample)
+    assert str(empty) in str(err.value) and "is empty" in str(err.value)
+    assert "\n" not in str(err.value)
+    broken = tmp_path / "broken.csv"
+    broken.write_text('id,answer_language,matches_gold,correct\n"a,b\n', encoding="utf-8")
+    with pytest.raises(SheetError, match="not a readable sheet") as err:
+        import_sheet(broken, sample)
+    assert "\n" not in str(err.value)

@@ -94,8 +94,10 @@ def test_miniature_annotation_labels_the_sample_and_keeps_the_truth(scored, tmp_
     # an error-free annotator agrees with the truth on every labeled row
     assert (lab["fidelity_gold"] == lab["fidelity_true"]).all()
     assert out.groupby("condition")["fidelity_true"].mean()["image"] < 1.0
-    sheet = pd.read_csv(tmp_path / "sheet.csv", encoding="utf-8-sig")
+    sheet = pd.read_csv(tmp_path / "sheet.simulated.csv", encoding="utf-8-sig")
     assert len(sheet) == 50 and sheet["answer_language"].notna().all()
+    blank = pd.read_csv(tmp_path / "sheet.csv", encoding="utf-8-sig")  # left blank for people
+    assert len(blank) == 50 and blank["answer_language"].isna().all()
 
 
 def test_paper_world_without_a_sheet_labels_nothing(scored, tmp_path):
@@ -158,3 +160,50 @@ def test_judge_asks_once_per_response_and_resumes(tmp_path):
     server.shutdown()
     with pytest.raises(ValueError, match="judge_model"):
         judge_accuracy(rows, endpoint=url, model=None, cache=cache)
+
+
+def test_sheet_filled_in_place_keeps_every_label_on_rerun(scored, tmp_path):
+    """The exported sheet, filled where it was written and given back: never overwritten."""
+    from ifl.annotate import labels_held
+    sheet_path = tmp_path / "annotation_sheet.csv"
+    annotate(scored, ScoreLanguages(annotation_n=30), world="paper", seed=0, sheet_path=sheet_path)
+    sheet = pd.read_csv(sheet_path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    sheet["answer_language"] = "en"  # every row labeled, in place
+    sheet.to_csv(sheet_path, index=False, encoding="utf-8-sig")
+    given = ScoreLanguages(annotation_n=30, annotation_sheet=str(sheet_path))
+    for _ in range(2):  # rerun twice
+        out = annotate(scored, given, world="paper", seed=0, sheet_path=sheet_path)
+        assert out["labeled"].sum() == 30
+        assert labels_held(sheet_path) == 30
+    assert labels_held(tmp_path / "annotation_sheet.blank.csv") == 0  # the fresh blank one
+
+
+def test_a_given_sheet_without_labels_is_an_error(scored, tmp_path):
+    from ifl.annotate import SheetError
+    blank = tmp_path / "annotation_sheet.csv"
+    annotate(scored, ScoreLanguages(annotation_n=30), world="paper", seed=0, sheet_path=blank)
+    with pytest.raises(SheetError, match="no row has a label"):
+        annotate(scored, ScoreLanguages(annotation_n=30, annotation_sheet=str(blank)),
+                 world="paper", seed=0, sheet_path=tmp_path / "again.csv")
+
+
+def test_miniature_honours_a_given_sheet(scored, tmp_path):
+    sheet_path = tmp_path / "annotation_sheet.csv"
+    annotate(scored, ScoreLanguages(annotation_n=30), world="miniature", seed=0, sheet_path=sheet_path)
+    sheet = pd.read_csv(sheet_path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    sheet.loc[:4, "answer_language"] = "zh"  # a reader labelled five rows by hand
+    sheet.to_csv(sheet_path, index=False, encoding="utf-8-sig")
+    out = annotate(scored, ScoreLanguages(annotation_n=30, annotation_sheet=str(sheet_path)),
+                   world="miniature", seed=0, sheet_path=sheet_path)
+    lab = out[out["labeled"] == 1]
+    assert len(lab) == 5 and set(lab["gold_parsed"]) == {"chinese"}
+    assert "fidelity_true" in out  # the oracle is still there
+
+
+def test_identifier_glotlid_is_strict(tmp_path):
+    """`identifier: glotlid` (paper.yaml) never falls back to lid.176: a missing GlotLID stops."""
+    from ifl.params_schema import ScoreLanguages
+    from ifl.stages.score_languages import identifier_for
+    missing = str(tmp_path / "model_v3.bin")
+    with pytest.raises(FileNotFoundError, match="GlotLID v3 is not available"):
+        identifier_for(ScoreLanguages(identifier="glotlid", glotlid_source=missing))

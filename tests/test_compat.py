@@ -185,9 +185,33 @@ def test_complete_processor_fills_old_revisions(tiny, llava):
               return_tensors="pt")
     assert (enc.input_ids == model.config.image_token_id).sum() == N_IMAGE_TOKENS
     current = AutoProcessor.from_pretrained(tiny["tiny-llava-1.5"])
-    current.num_additional_image_tokens = 7  # a processor with patch_size is left alone
+    current.patch_size = 7  # a processor with patch_size keeps it
     complete_processor(current, model.config)
-    assert current.num_additional_image_tokens == 7
+    assert (current.patch_size, current.num_additional_image_tokens) == (7, 1)
+
+
+def test_vicuna_stand_in_ships_tokenizer_model_only(tiny):
+    from transformers import AutoTokenizer
+    files = {p.name for p in tiny["tiny-vicuna"].iterdir()}
+    assert "tokenizer.model" in files and "tokenizer.json" not in files
+    assert AutoTokenizer.from_pretrained(tiny["tiny-vicuna"]).is_fast
+
+
+def test_processor_without_cls_count_generates_through_the_loader(tiny):
+    """tiny-bakllava's processor config has patch_size but no num_additional_image_tokens (older
+    llava-hf revisions, unsloth/llava-1.5-7b-hf): transformers 5 would insert 15 placeholders
+    for 16 features; the loader completes it from the CLIP tower (1 CLS)."""
+    import json
+
+    from PIL import Image
+    saved = json.loads((tiny["tiny-bakllava"] / "processor_config.json").read_text())
+    assert "patch_size" in saved and "num_additional_image_tokens" not in saved
+    model, processor = load_llava(tiny["tiny-bakllava"], dtype="float32")
+    inputs = processor(images=Image.new("RGB", (60, 60)), text="[INST] <image>\nHi [/INST]",
+                       return_tensors="pt")
+    assert (inputs.input_ids == model.config.image_token_id).sum() == N_IMAGE_TOKENS
+    out = model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    assert out.shape[1] == inputs.input_ids.shape[1] + 2
 
 
 def test_processor_classes(llava):

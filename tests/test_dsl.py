@@ -250,7 +250,27 @@ def test_bad_model_formula_inputs_and_types_raise_naming_the_argument(small):
              predicted_var=["fidelity", "x"], formula="fidelity ~ image + x")
 
 
-@pytest.mark.parametrize("module", ["crossfit", "estimator", "learners", "moments", "result"])
+@pytest.mark.parametrize("module", ["crossfit", "estimator", "learners", "moments", "result",
+                                    "honest_forest"])
 def test_docstring_examples(module):
     failures, _ = doctest.testmod(importlib.import_module(f"ifl.dsl.{module}"))
     assert failures == 0
+
+
+def test_honest_tree_takes_leaf_values_from_the_other_half_and_prunes_empty_leaves():
+    """Splits from one half, leaf means from the other (grf's honesty); a leaf no honest row
+    reaches is pruned: its rows go to the sibling (grf's honesty.prune.leaves)."""
+    from sklearn.tree import DecisionTreeRegressor
+    from ifl.dsl.honest_forest import HonestForest, _honest_tree, _stack
+    X = np.array([[0.0], [1.0], [2.0], [3.0]], dtype=np.float32)
+    tree = DecisionTreeRegressor(min_samples_split=2).fit(X, [0.0, 1.0, 2.0, 3.0])  # 4 leaves
+    forest = HonestForest(n_estimators=1)
+    forest.nodes_, forest.roots_ = _stack([_honest_tree(tree, X[[0, 3]], np.array([5.0, 7.0]))])
+    assert forest.predict(X).tolist() == [5.0, 5.0, 7.0, 7.0]
+
+
+def test_default_learner_is_the_honest_forest():
+    from ifl.dsl.honest_forest import HonestForest
+    from ifl.dsl.learners import make_learner
+    assert isinstance(make_learner("forest", random_state=0), HonestForest)
+    assert type(make_learner("forest-sklearn", random_state=0)).__name__ == "ForestLearner"

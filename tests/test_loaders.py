@@ -224,7 +224,7 @@ def test_hub_ids_offline_raise_a_download_recipe(load, key, hub_id, tmp_path):
     spec = next(s for s in hub.SOURCES.values() if s.hub_id == hub_id)
     assert "HF_HUB_OFFLINE=1" in message
     assert f"hf download {hub_id} --repo-type dataset --revision {spec.revision}" in message
-    assert f"--local-dir {spec.local_dir}" in message and f"`{key}: {spec.local_dir}`" in message
+    assert f"--local-dir {spec.local_dir}" in message and f"`{key}: ./{spec.local_dir}`" in message
     assert ("HF_TOKEN" in message) == (hub_id == "mlfoundations/VisIT-Bench")
 
 
@@ -232,7 +232,7 @@ def test_xm3600_offline_names_only_the_needed_splits(fx, cache, tmp_path):
     with pytest.raises(hub.SourceUnavailableError) as info:
         load_maxm(fx["maxm"], langs=["he"], description="xm3600", cache_dir=tmp_path)
     message = str(info.value)
-    assert "hf download floschne/xm3600" in message and "`xm3600_source: data/xm3600`" in message
+    assert "hf download floschne/xm3600" in message and "`xm3600_source: ./data/xm3600`" in message
     assert "--include 'data/he-*'" in message and "--include 'data/en-*'" in message
     assert "data/zh-*" not in message
 

@@ -139,11 +139,15 @@ def test_4bit_nf4_on_cpu(tiny, images, name):
     bnb = pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed")
     model, processor = load_llava(tiny[name], dtype="bfloat16", quantization="4bit")
     quantised = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
-    # 2 layers x 7 in the LLM, 2 x 6 in the tower, 2 in the projector; lm_head stays full
-    assert len(quantised) == 28
+    # 2 layers x 7 in the LLM only: as LLaVA's own 4-bit loader, the CLIP tower, the projector
+    # and lm_head stay in full precision (transformers 5 alone would quantise tower and projector)
+    assert len(quantised) == 14
     assert all(isinstance(m, bnb.nn.Linear4bit) for m in decoder_layers(model)[0].modules()
                if isinstance(m, torch.nn.Linear))
-    assert isinstance(model.model.multi_modal_projector.linear_1, bnb.nn.Linear4bit)
+    for part in (model.model.vision_tower, model.model.multi_modal_projector, model.lm_head):
+        linears = [m for m in part.modules() if isinstance(m, torch.nn.Linear)]
+        assert linears and not any(isinstance(m, bnb.nn.Linear4bit) for m in linears)
+        assert all(m.weight.dtype == torch.bfloat16 for m in linears)
     assert quantised[0].weight.quant_state.quant_type == "nf4"
     assert model.config.quantization_config.bnb_4bit_use_double_quant
     enc = processor(images=images[0], text=query(template_for(tiny[name]), "What?", image=True),

@@ -136,3 +136,104 @@ def test_docs_params_lists_every_key_whose_default_yaml_value_differs_from_the_s
     rows = [line.split("|")[1:3] for line in Path("docs/params.md").read_text(encoding="utf-8").splitlines()
             if line.startswith("| ") and not line.startswith("| section")]
     assert {(s.strip(), k.strip()) for s, k in rows} == differ
+
+@pytest.mark.parametrize("name", [".", ".."])
+def test_run_name_is_one_plain_folder(tmp_path, name):
+    path = write(tmp_path, {"common": {"run_name": "ok"}})
+    with pytest.raises(ParamsError, match=r"key 'run_name': a run name is one plain folder name"):
+        load_params(path, overrides=[f"common.run_name={name}"])
+
+
+def test_empty_params_file_is_an_error(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("# nothing but a comment\n")
+    with pytest.raises(ParamsError, match=r"empty.yaml: the file is empty"):
+        load_params(path)
+
+
+def test_duplicate_key_names_both_lines(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("common:\n  seed: 1\n  world: miniature\n  seed: 2\n")
+    with pytest.raises(ParamsError, match=r"dup.yaml: key 'seed' is given twice, on line 2 and line 4"):
+        load_params(path)
+    path.write_text("common: {}\n03_collect_responses: {}\ncommon: {seed: 1}\n")
+    with pytest.raises(ParamsError, match=r"key 'common' is given twice, on line 1 and line 3"):
+        load_params(path)
+
+
+def test_resolved_params_say_where_each_value_came_from(tmp_path):
+    from ifl.params import defaulted_blocks
+    path = write(tmp_path, {"common": {"seed": 1}, "03_collect_responses": {"max_new_tokens": 32}})
+    params = load_params(path, overrides=["03_collect_responses.batch_size=8"])
+    text = dump(params, ["03_collect_responses.batch_size=8"])
+    lines = text.splitlines()
+    assert "  seed: 1" in lines  # from the file: no comment
+    assert "  max_new_tokens: 32" in lines
+    assert "  batch_size: 8  # -p 03_collect_responses.batch_size=8" in lines
+    assert "  quantization: 4bit  # default (ifl/params_schema.py)" in lines
+    assert "04_score_languages" in defaulted_blocks(params)
+    assert "03_collect_responses" not in defaulted_blocks(params)
+    assert validate(yaml.safe_load(text), source="dump") == params
+
+
+def test_annotation_sheet_is_checked_in_both_worlds(tmp_path):
+    path = write(tmp_path, {"common": {"world": "miniature"},
+                            "04_score_languages": {"annotation_sheet": "filled.csv"}})
+    params = load_params(path)
+    with pytest.raises(ParamsError, match=r"key 'annotation_sheet'.*not found: filled.csv"):
+        check_files(params, source=str(path), root=tmp_path, sections=["04_score_languages"])
+    (tmp_path / "filled.csv").write_text("id\n")
+    check_files(params, source=str(path), root=tmp_path, sections=["04_score_languages"])
+
+
+def test_the_offline_message_and_the_pre_run_check_agree_on_local_paths(tmp_path):
+    """What the download message tells a user to write is checked before the run as a path."""
+    from ifl.data.hub import SOURCES, SourceUnavailableError, _how_to_get, resolve
+    for spec in SOURCES.values():
+        suggested = f"./{spec.local_dir}" if not spec.local_dir.startswith(("/", ".")) else spec.local_dir
+        assert f"`{spec.params_key}: {suggested}`" in _how_to_get(spec)
+    path = write(tmp_path, {"common": {"world": "paper"},
+                            "01_translate_data": {"maxm_source": "./data/maxm",
+                                                  "llavaw_source": "some/where/llavaw"}})
+    params = load_params(path)
+    with pytest.raises(ParamsError) as err:
+        check_files(params, source=str(path), root=tmp_path, sections=["01_translate_data"])
+    assert "key 'maxm_source'" in str(err.value) and "key 'llavaw_source'" in str(err.value)
+    # and a loader given such a missing path says so instead of asking the hub for it
+    with pytest.raises(SourceUnavailableError, match="there is no folder some/where/llavaw"):
+        resolve(SOURCES["llavaw"], "some/where/llavaw", None)
+
+
+def test_doctests_of_the_reliability_modules():
+    import doctest
+
+    import ifl.annotate
+    import ifl.data.hub
+    import ifl.runlock
+    import ifl.stage
+    for module in (ifl.runlock, ifl.stage, ifl.data.hub, ifl.annotate):
+        assert doctest.testmod(module).failed == 0, module.__name__
+
+
+def test_paper_files_state_their_hardware():
+    """paper.yaml is the paper's 8-GPU setup, paper-1gpu.yaml the 4-bit route on one 24 GB GPU;
+    both insist on GlotLID."""
+    paper, one_gpu = load_params("params/paper.yaml"), load_params("params/paper-1gpu.yaml")
+    from ifl.train.recipes import learning_rates
+
+    def rates(train):  # the lr keys are null: the mode's recipe decides
+        return learning_rates(train.training, stage1=train.stage1_lr, stage2=train.stage2_lr,
+                              projector=train.stage2_projector_lr)
+
+    train, collect = paper.train_variants, paper.collect_responses
+    assert (train.training, rates(train).stage2, collect.quantization) == ("full", 2e-5, "none")
+    assert paper.steering.quantization == "none" and not collect.precision_check
+    train, collect = one_gpu.train_variants, one_gpu.collect_responses
+    assert (train.training, collect.quantization) == ("qlora", "4bit")
+    assert (rates(train).stage2, rates(train).projector) == (2e-4, 2e-5)
+    assert collect.batch_size == one_gpu.steering.batch_size == 32
+    assert collect.precision_check
+    for params in (paper, one_gpu):
+        assert params.score_languages.identifier == "glotlid"
+    header = Path("params/paper-1gpu.yaml").read_text().split("common:")[0]
+    assert "deviations from the paper" in header and "QLoRA" in header

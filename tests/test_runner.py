@@ -4,6 +4,7 @@ Uses throwaway notebooks in a temporary project folder, executed for real by pap
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,192 @@ def test_run_all_rejects_an_unknown_section_naming_the_file(tmp_path):
 def test_run_all_help():
     out = subprocess.run([str(REPO / "run_all.sh"), "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--only" in out.stdout and "--from" in out.stdout
+
+
+FULL_DISK = '''
+# %% tags=["parameters"]
+run_name = "x"
+output_root = "."
+# %%
+import errno
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+from ifl.stage import open_stage
+
+def full_disk(self, fname, **kw):  # the disk fills up halfway through the PNG
+    with open(fname, "wb") as f:
+        f.write(b"\\x89PNG partial")
+    raise OSError(errno.ENOSPC, "No space left on device", str(fname))
+
+Figure.savefig = full_disk
+stage = open_stage("02_train_variants", output_root=output_root, run_name=run_name)
+fig, ax = plt.subplots()
+stage.save_figure(fig, "02_figure")
+'''
+SLOW = '''
+# %% tags=["parameters"]
+run_name = "x"
+output_root = "."
+# %%
+import time
+from ifl.stage import open_stage
+stage = open_stage("02_train_variants", output_root=output_root, run_name=run_name)
+stage.path("started.txt").write_text("yes")
+time.sleep(120)
+'''
+
+
+def _unwritable(tmp_path: Path) -> Path:
+    """A folder this process cannot write in (root ignores modes: then sysfs, which refuses)."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        (ro / "probe").write_text("")
+    except OSError:
+        return ro
+    (ro / "probe").unlink()
+    if Path("/sys/kernel").is_dir():  # sysfs: no new folders, whoever asks
+        return Path("/sys/ifl-test-output-root")
+    pytest.skip("no unwritable folder available")
+
+
+def test_read_only_output_root_exits_2_before_work(project, capsys):
+    root = _unwritable(project)
+    status = runner.main(["p.yaml", "-p", f"common.output_root={root}"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "common.output_root" in err and "cannot write" in err and "Traceback" not in err
+    assert not (project / "rendered").exists() and "running" not in err
+
+
+def test_disk_full_while_saving_a_figure_leaves_no_partial_file(project, capsys):
+    (project / "notebooks/02_train_variants.py").write_text(FULL_DISK)
+    assert runner.main(["p.yaml"]) == 1
+    err = capsys.readouterr().err
+    figures = project / "paper_figures/t"
+    assert list(figures.iterdir()) == []  # neither the PNG nor its temporary file
+    line = [l for l in err.splitlines() if "02_train_variants FAILED" in l]
+    assert line and "No space left on device writing paper_figures/t/02_figure.png" in line[0], err
+    assert "Traceback" not in err and "import errno" not in err  # one line, no cell dump
+    index = (project / "rendered/t/index.html").read_text()
+    assert "wrote one file" in index  # the companion, for what finished
+
+
+def test_disk_full_in_the_runner_is_one_line_and_the_companion_is_written(project, capsys,
+                                                                          monkeypatch):
+    import errno
+
+    import ifl.companion
+
+    def full(ipynb):
+        raise OSError(errno.ENOSPC, "No space left on device", str(ipynb.with_suffix(".html")))
+    monkeypatch.setattr(ifl.companion, "export_html", full)
+    assert runner.main(["p.yaml", "--only", "01"]) == 0  # the notebook itself finished
+    err = capsys.readouterr().err
+    assert "no HTML: cannot write" in err and "Traceback" not in err
+    assert (project / "rendered/t/index.html").exists()
+
+
+def test_ctrl_c_prints_one_line_with_the_resume_command(project):
+    import os
+    import signal
+    (project / "notebooks/02_train_variants.py").write_text(SLOW)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    errors = project / "stderr.txt"
+    with errors.open("w") as err_file:
+        proc = subprocess.Popen([sys.executable, "-m", "ifl.runner", "p.yaml", "-p", "common.seed=2"],
+                                cwd=project, stderr=err_file, env=env, start_new_session=True)
+        try:
+            started = project / "runs/t/02_train_variants/started.txt"
+            for _ in range(600):  # the kernel is in the sleeping cell
+                if started.exists() or proc.poll() is not None:
+                    break
+                time.sleep(0.1)
+            assert started.exists(), errors.read_text()
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole group
+            assert proc.wait(timeout=60) == 130
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    err = errors.read_text()
+    assert ("interrupted during 02_train_variants" in err
+            and "resume with: ./run_all.sh p.yaml --from 02 -p common.seed=2" in err), err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err and "zmq" not in err, err
+    assert (project / "runs/t/01_translate_data/stage.json").exists()  # finished work kept
+    assert not (project / "runs/t/.lock").exists()
+
+
+def test_a_second_run_on_the_same_name_is_refused(project, capsys):
+    import os
+
+    from ifl.runlock import run_lock
+    with run_lock(project / "runs/t"):  # this process stands in for a first, live run
+        assert runner.main(["p.yaml", "--only", "01"]) == 2
+    err = capsys.readouterr().err
+    assert f"in use by another run: pid {os.getpid()}" in err and "started 20" in err
+    assert not (project / "runs/t/01_translate_data").exists()  # no work done
+    # a lock left by a killed run (its pid gone) is stale: the next run takes it over
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (project / "runs/t/.lock").write_text(f'{{"pid": {dead.pid}, "started": "2024-01-01 00:00:00"}}')
+    assert runner.main(["p.yaml", "--only", "01"]) == 0
+    assert "removing a stale lock" in capsys.readouterr().err
+    assert not (project / "runs/t/.lock").exists()
+
+
+def test_missing_done_mark_is_named(project, capsys):
+    (project / "runs/t/01_translate_data").mkdir(parents=True)
+    (project / "runs/t/01_translate_data/tasks.txt").write_text("partial")
+    assert runner.main(["p.yaml", "--from", "02"]) == 2
+    err = capsys.readouterr().err
+    assert f"{project / 'runs/t/01_translate_data/stage.json'} is missing" in err
+
+
+@pytest.fixture
+def empty_hub_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+    cache = tmp_path / "hub-cache"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.chdir(REPO)
+    return cache
+
+
+def test_check_lists_missing_downloads_and_does_no_work(empty_hub_cache, tmp_path, capsys):
+    out_root = tmp_path / "out"
+    snap = empty_hub_cache / "models--llava-hf--llava-1.5-7b-hf"
+    (snap / "refs").mkdir(parents=True)
+    (snap / "refs/main").write_text("abc123")
+    (snap / "snapshots/abc123").mkdir(parents=True)
+    (snap / "snapshots/abc123/config.json").write_text("{}")
+    assert runner.main(["params/paper.yaml", "--check", "-p", f"common.output_root={out_root}"]) == 0
+    out = capsys.readouterr().out
+    assert "would run: 01_translate_data, 02_train_variants" in out
+    assert "in cache  model llava-hf/llava-1.5-7b-hf@main" in out
+    assert "MISSING   model llava-hf/bakLlava-v1-hf@main" in out and "hf download llava-hf/bakLlava-v1-hf" in out
+    assert ("hf download floschne/maxm --repo-type dataset --revision "
+            "169afacfb848a1a4dab6b2aaaa149841cd643961") in out
+    assert "hf download cis-lmu/glotlid model_v3.bin --revision" in out
+    assert "hf download facebook/nllb-200-distilled-1.3B" in out
+    assert "MISSING   ./data/LLaVA-Pretrain/images" in out
+    assert not out_root.exists()  # no work, not even the run folder
+
+
+def test_check_on_paper_smoke_and_a_bad_key(empty_hub_cache, tmp_path, capsys):
+    assert runner.main(["params/paper-smoke.yaml", "--check", "--only", "01,02",
+                        "-p", f"common.output_root={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert "to build  ./smoke_assets/models/tiny-vicuna" in out
+    assert runner.main(["params/paper.yaml", "--check", "-p", "03_collect_responses.batch_sise=3"]) == 2
+    assert "unknown key (did you mean 'batch_size'?)" in capsys.readouterr().err
+
+
+def test_run_all_check_exits_0_offline(tmp_path):
+    out = subprocess.run([str(REPO / "run_all.sh"), "params/paper.yaml", "--check", "-p",
+                          f"common.output_root={tmp_path / 'out'}"], capture_output=True, text=True,
+                         cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert "lmsys/vicuna-7b-v1.5" in out.stdout and not (tmp_path / "out").exists()

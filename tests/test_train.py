@@ -454,3 +454,156 @@ def test_two_processes_equal_one(world, tmp_path):
     b = load_file(single.model_dir / "model.safetensors")
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
+
+
+# --- what only a real checkpoint or launch shows (issue 12) ---------------------------------
+
+def test_stage1_model_is_freed_before_stage2_loads(world, tmp_path, monkeypatch):
+    """On a 24 GB card, stage 2 (NF4 7B + LoRA states) cannot start beside stage 1's bf16 7B:
+    no reference to the stage-1 model may survive into stage 2's load, nor past the variant."""
+    import gc
+    import weakref
+
+    import ifl.train.assemble as assemble_mod
+    built, seen_at_stage2 = [], []
+    real_assemble, real_load = assemble_mod.assemble_llava, assemble_mod.load_llava
+
+    def assemble(*a, **kw):
+        model, proc = real_assemble(*a, **kw)
+        built.append(weakref.ref(model))
+        return model, proc
+
+    def load(*a, **kw):
+        seen_at_stage2.append(built[0]() is None)
+        model, proc = real_load(*a, **kw)
+        built.append(weakref.ref(model))
+        return model, proc
+    monkeypatch.setattr(assemble_mod, "assemble_llava", assemble)
+    monkeypatch.setattr(assemble_mod, "load_llava", load)
+    gc.disable()  # only the engine's own collection may free the cycles
+    try:
+        s = StageSettings(lr=1e-2, global_batch=4, micro_batch=4, max_steps=1, max_length=64)
+        res = train_variant(variant("vicuna-clip-en"), world["root"] / "llm", world["root"] / "clip",
+                            world["manifest"], CHAT, dataclasses.replace(s, format="plain"), s,
+                            tmp_path, tokenizer=world["root"] / "tok", progress=False)
+    finally:
+        gc.enable()
+    assert seen_at_stage2 == [True]
+    assert built[1]() is None and res.stage1.model is None and res.stage2.model is None
+
+
+def test_deepspeed_batch_fields_are_set_per_stage():
+    """accelerate hands every stage the same (singleton) DeepSpeed config dict, which stage 1
+    resolved; DeepSpeed asserts train_batch_size == micro x accumulation x processes."""
+    from ifl.train.loop import stage_deepspeed_config
+    config = {"train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",
+              "gradient_accumulation_steps": "auto", "zero_optimization": {"stage": 2}}
+    for micro, accum, world_size in ((32, 1, 8), (16, 1, 8), (4, 4, 8)):  # stage 1, stage 2, ...
+        stage_deepspeed_config(config, micro_batch=micro, accum=accum, world=world_size,
+                               max_grad_norm=1.0)
+        assert config["train_batch_size"] == (config["train_micro_batch_size_per_gpu"]
+                                              * config["gradient_accumulation_steps"] * world_size)
+        assert (config["train_micro_batch_size_per_gpu"], config["gradient_accumulation_steps"]) \
+            == (micro, accum)
+    assert config["zero_optimization"] == {"stage": 2} and config["gradient_clipping"] == 1.0
+
+
+def test_bf16_projector_moves_at_small_lr(world, tmp_path):
+    """Adam moves each weight by ~lr: at 2e-5 a bf16 weight of ~0.05 (spacing ~2e-4) would not
+    move; the fp32 master copy must, and the saved model is bf16 again."""
+    from safetensors.torch import load_file
+    model, proc = _assemble(world, dtype=torch.bfloat16)
+    weight = model.model.multi_modal_projector.linear_1.weight
+    before = weight.detach().float().clone()
+    seen = {}
+
+    def snapshot(step, row):
+        seen[step] = weight.detach().float().clone()
+    res = _train(world, model, proc, tmp_path / "bf16", stage="projector", records="captions",
+                 lr=2e-5, max_steps=3, warmup_ratio=0.0, scheduler="constant", callback=snapshot)
+    moved = (seen[3] != before).float().mean().item()
+    assert moved > 0.9, f"only {moved:.0%} of the projector's weights moved"
+    saved = load_file(res.model_dir / "model.safetensors")
+    assert {t.dtype for t in saved.values()} == {torch.bfloat16}
+
+
+def test_learning_rates_follow_the_training_mode():
+    """Switching `training` takes the other recipe's rates unless the user set one: QLoRA
+    (finetune_lora.sh: LoRA 2e-4, projector 2e-5), full (finetune.sh: 2e-5), stage 1 1e-3."""
+    from ifl.params_schema import TrainVariants
+    from ifl.stages.train_variants import paper_learning_rates, stage_settings
+    qlora = TrainVariants(training="qlora")
+    full = TrainVariants(training="full")
+    assert [s.lr for s in stage_settings(qlora, "paper")] == [1e-3, 2e-4]
+    assert paper_learning_rates(qlora).projector == 2e-5
+    assert [s.lr for s in stage_settings(full, "paper")] == [1e-3, 2e-5]
+    assert paper_learning_rates(full).projector is None
+    assert stage_settings(TrainVariants(training="full", stage2_lr=1e-5), "paper")[1].lr == 1e-5
+    with pytest.raises(ValueError, match="only with training: qlora"):
+        paper_learning_rates(TrainVariants(training="full", stage2_projector_lr=1e-4))
+
+
+def test_command_line_rates_follow_the_mode(monkeypatch, tmp_path):
+    import ifl.train.__main__ as cli
+    seen = []
+    monkeypatch.setattr(cli, "check_manifest", lambda *a, **k: [])
+    monkeypatch.setattr(cli, "train_variant", lambda spec, llm, vision, manifest, template, s1, s2,
+                        out, **kw: seen.append((s1.lr, s2.lr, kw["qlora"])) or
+                        type("R", (), {"cached": True, "model_dir": out, "skipped_records": 0})())
+    base = ["--variant", "vicuna-clip-en", "--llm", "x", "--vision", "y", "--manifest", "m",
+            "--out", str(tmp_path)]
+    cli.main(base)
+    cli.main(base + ["--qlora", "r=8"])
+    cli.main(base + ["--qlora", "projector_lr=1e-4", "--stage2", "lr=3e-4"])
+    assert [(a, b, q and q.projector_lr) for a, b, q in seen] == [
+        (1e-3, 2e-5, None), (1e-3, 2e-4, 2e-5), (1e-3, 3e-4, 1e-4)]
+
+
+def test_missing_images_stop_before_training_or_are_skipped(world, tmp_path):
+    """One missing image would stop stage 2 hours in: checked first, named, or skipped+counted."""
+    import shutil
+
+    from ifl.train.preflight import MissingImagesError
+    images = tmp_path / "images"
+    shutil.copytree(world["root"] / "images", images)
+    (images / "5.png").unlink()
+    manifest = dict(world["manifest"], image_folder=str(images))
+    s = StageSettings(lr=1e-2, global_batch=4, micro_batch=4, max_steps=1, max_length=64)
+    args = (variant("vicuna-clip-en"), world["root"] / "llm", world["root"] / "clip", manifest,
+            CHAT, dataclasses.replace(s, format="plain"), s)
+    with pytest.raises(MissingImagesError, match=r"en pretrain: 1 of 12 image files .*5\.png"):
+        train_variant(*args, tmp_path / "out", tokenizer=world["root"] / "tok", progress=False)
+    assert not (tmp_path / "out/vicuna-clip-en/stage1").exists()  # nothing trained
+    res = train_variant(*args, tmp_path / "out", tokenizer=world["root"] / "tok", progress=False,
+                        skip_missing_images=True)
+    assert res.skipped_records == 2  # one caption and one instruction record use 5.png
+    saved = json.loads((tmp_path / "out/vicuna-clip-en/images.json").read_text())
+    assert [p["skipped_records"] for p in saved] == [1, 1] and saved[0]["missing_files"] == ["5.png"]
+    assert json.loads((tmp_path / "out/vicuna-clip-en/stage2/result.json").read_text())[
+        "records"] == len(world["instruct"]) - 1
+
+
+def test_preflight_names_ocr_vqa_conversion(tmp_path):
+    from ifl.train.preflight import MissingImagesError, check_images, check_manifest
+    recs = [{"id": str(i), "image": f"ocr_vqa/images/{i}.jpg"} for i in range(8)]
+    with pytest.raises(MissingImagesError, match=r"instruct: 8 of 8 image files .*first: .*0\.jpg, .*4\.jpg;"):
+        check_images(recs, tmp_path, name="instruct")
+    with pytest.raises(MissingImagesError, match="OCR-VQA"):
+        check_images(recs, tmp_path)
+    (tmp_path / "c.json").write_text(json.dumps(recs))
+    manifest = {"image_folder": str(tmp_path), "de": {"pretrain": str(tmp_path / "c.json"),
+                                                      "instruct": str(tmp_path / "c.json")}}
+    with pytest.raises(MissingImagesError, match="de pretrain"):  # before any variant trains
+        check_manifest(manifest, ["en", "de"])
+    assert [r["skipped_records"] for r in check_manifest(manifest, ["de"], skip_missing=True)] == [8, 8]
+
+
+def test_doctests_of_the_new_training_modules():
+    import doctest
+
+    import ifl.train.loop
+    import ifl.train.precision
+    import ifl.train.preflight
+    import ifl.train.recipes
+    for module in (ifl.train.loop, ifl.train.precision, ifl.train.preflight, ifl.train.recipes):
+        assert doctest.testmod(module).failed == 0, module.__name__

@@ -28,6 +28,9 @@ from typing import Callable, Iterator
 import pandas as pd
 import torch
 
+from ifl.collect import prefix
+from ifl.collect.options import Speedups
+from ifl.compat import compile_config, generate_cache_kwarg
 from ifl.prompts import IMAGE_TOKEN, ChatTemplate, query
 
 log = logging.getLogger(__name__)
@@ -93,11 +96,20 @@ def measure(items: list[Item], processor) -> None:
         it.length = n + extra * it.prompt.count(getattr(processor, "image_token", IMAGE_TOKEN))
 
 
-def order(items: list[Item]) -> list[list[Item]]:
+def order(items: list[Item], *, by_image: bool = False) -> list[list[Item]]:
     """Items grouped by condition (a batch has images for all rows or for none), each group
-    longest first; ties broken by task_id so the order is reproducible."""
+    longest first; ties broken by task_id so the order is reproducible.
+
+    by_image: image items of the same image next to each other (the languages of one item),
+    images by their longest prompt first, so that a batch holds few distinct images and a
+    shared prefix is computed once for many rows (prefix.py)."""
     groups = {c: sorted((it for it in items if it.condition == c), key=lambda it: (-it.length, it.task_id))
               for c in CONDITIONS}
+    if by_image:  # stable: within an image, still longest first
+        rank: dict = {}
+        for it in groups["image"]:
+            rank.setdefault(it.image, len(rank))
+        groups["image"].sort(key=lambda it: rank[it.image])
     return [g for g in groups.values() if g]
 
 
@@ -108,7 +120,9 @@ def _eos_ids(model, tokenizer) -> set[int]:
 
 
 def generate_batch(model, processor, items: list[Item], *, max_new_tokens: int,
-                   min_new_tokens: int | None = None, steering: Callable | None = None) -> list[dict]:
+                   min_new_tokens: int | None = None, steering: Callable | None = None,
+                   stop_ids: list[int] | None = None, speedups: Speedups = Speedups(),
+                   **generate_kwargs) -> list[dict]:
     """Greedy completions of `items` in one processor call and one `generate` call.
 
     inputs: input_ids/attention_mask [batch, prompt_len] (left-padded), pixel_values
@@ -117,7 +131,11 @@ def generate_batch(model, processor, items: list[Item], *, max_new_tokens: int,
     `generate` (e.g. hooks adding a vector at one layer; it sees the batch's attention mask).
     Returns one dict per item: task_id, condition, prompt, response, n_prompt_tokens,
     n_new_tokens (up to and including the first end-of-sequence token), seconds (this
-    batch's wall time / batch size), batch_size."""
+    batch's wall time / batch size), batch_size.
+    stop_ids: token ids that end an answer (`ifl.prompts.stop_token_ids`: eos plus the chat
+    template's end-of-turn); None: the generation config's and tokenizer's eos only.
+    speedups: prefix sharing, static cache, compiled decoding (options.py; same outputs).
+    generate_kwargs: passed on to `generate` (e.g. stop strings)."""
     tok = processor.tokenizer
     start = time.perf_counter()
     images = [decode_image(it.image) for it in items] if items[0].image is not None else None
@@ -125,17 +143,29 @@ def generate_batch(model, processor, items: list[Item], *, max_new_tokens: int,
                        padding=True)
     # floats (pixel_values) to the model's dtype (bf16, or the compute dtype of a 4-bit model)
     inputs = inputs.to(model.device, dtype=model.dtype)
-    prompt_len = inputs["input_ids"].shape[1]
+    eos = set(stop_ids) if stop_ids is not None else _eos_ids(model, tok)
     kwargs = dict(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
-                  pad_token_id=tok.pad_token_id)
+                  pad_token_id=tok.pad_token_id, eos_token_id=sorted(eos))
     if min_new_tokens:
         kwargs["min_new_tokens"] = min_new_tokens
-    with torch.inference_mode(), (steering(model, inputs) if steering else nullcontext()):
-        out = model.generate(**inputs, **kwargs)
+    kwargs.update(generate_kwargs)
+    shared = _share(model, processor, items, inputs, speedups, steering)
+    if shared is not None:
+        inputs = shared.inputs  # [prefix][pads][suffix]: pads moved after the shared prefix
+    prompt_len = inputs["input_ids"].shape[1]
+    static_len = prompt_len + max_new_tokens if speedups.static_cache else None
+    if speedups.static_cache and shared is None:
+        kwargs["cache_implementation"] = "static"
+    if speedups.compile:
+        kwargs["compile_config"] = compile_config(model.device)
+    with torch.inference_mode():
+        if shared is not None:  # unsteered: _share allows only steering of generated positions
+            kwargs[generate_cache_kwarg()] = prefix.prefill(model, shared, static_len=static_len)
+        with steering(model, inputs) if steering else nullcontext():
+            out = model.generate(**inputs, **kwargs)
     new = out[:, prompt_len:].cpu().tolist()   # [batch, new_len]; finished rows padded after eos
     n_prompt = inputs["attention_mask"].sum(dim=1).cpu().tolist()
     seconds = (time.perf_counter() - start) / len(items)
-    eos = _eos_ids(model, tok)
     rows = []
     for it, ids, n_p in zip(items, new, n_prompt):
         n_new = next((k + 1 for k, t in enumerate(ids) if t in eos), len(ids))
@@ -144,6 +174,30 @@ def generate_batch(model, processor, items: list[Item], *, max_new_tokens: int,
                          n_prompt_tokens=int(n_p), n_new_tokens=n_new, seconds=seconds,
                          batch_size=len(items)))
     return rows
+
+
+def _share(model, processor, items, inputs, speedups: Speedups, steering) -> prefix.SharedPrefix | None:
+    """The batch re-laid for prefix sharing, or None for the plain path (logged, with why)."""
+    if not speedups.share_prefix or items[0].image is None:
+        return None  # text-condition batches have no image prefix: nothing to say
+    if steering is not None and getattr(steering, "positions", None) != "generated":
+        reason = ("steering may act on prompt positions (only positions='generated' leaves the "
+                  "shared prefix unchanged)")
+    else:
+        image_token = getattr(processor, "image_token", IMAGE_TOKEN)
+        shared = prefix.plan(inputs, [it.image for it in items],
+                             image_token_id=processor.tokenizer.convert_tokens_to_ids(image_token),
+                             pad_token_id=processor.tokenizer.pad_token_id)
+        if not isinstance(shared, str):
+            return shared
+        reason = shared
+    if reason not in _SAID:  # once per reason and process, not once per batch
+        _SAID.add(reason)
+        log.warning("prefix sharing off, plain path for such batches: %s", reason)
+    return None
+
+
+_SAID: set[str] = set()
 
 
 class AdaptiveBatches:

@@ -20,10 +20,12 @@ from typing import Callable
 import pandas as pd
 from tqdm.auto import tqdm
 
+from ifl.collect.options import Speedups
 from ifl.collect.engine import CONDITIONS, AdaptiveBatches, build_items, generate_batch, measure, order
 from ifl.collect.store import (KEY, PartWriter, check_settings, default_shard, load_responses,
                                model_dir, shard_dir, shard_of)
-from ifl.prompts import ChatTemplate
+from ifl.progress import report as report_progress
+from ifl.prompts import ChatTemplate, stop_token_ids
 from ifl.prompts import template as get_template
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,8 @@ def collect_responses(model, processor, tasks: pd.DataFrame, *, model_name: str,
                       min_new_tokens: int | None = None, batch_size: int,
                       out_dir: str | os.PathLike, shard: tuple[int, int] | None = (0, 1),
                       flush_every: int = 256, progress: bool = True,
-                      steering: Callable | None = None) -> pd.DataFrame:
+                      steering: Callable | None = None, speedups=None,
+                      **generate_kwargs) -> pd.DataFrame:
     """Generate (greedy) every missing response of this shard's tasks; return all of them.
 
     tasks: task rows (ifl.data.schema): task_id, question, image (bytes or None), description.
@@ -48,6 +51,9 @@ def collect_responses(model, processor, tasks: pd.DataFrame, *, model_name: str,
         Ctrl-C included; a SIGKILL loses at most this many rows, which a rerun redoes).
     steering: optional `steering(model, inputs) -> context manager`, entered around each
         generate call (see engine.generate_batch). Its repr is saved in settings.json.
+    speedups: ifl.collect.options.Speedups (or a dict / list of names): prefix sharing, static
+        cache, compiled decoding. Same rows either way, so not part of settings.json.
+    generate_kwargs: passed on to every `generate` call.
 
     Returns one row per (task_id, condition) of this shard (model, task_id, condition, prompt,
     response, n_prompt_tokens, n_new_tokens, seconds, batch_size), sorted by task_id, condition;
@@ -56,6 +62,7 @@ def collect_responses(model, processor, tasks: pd.DataFrame, *, model_name: str,
     The padding side of `processor.tokenizer` is set to "left" (needed for batched generation).
     """
     t = get_template(template) if isinstance(template, str) else template
+    speedups = Speedups.of(speedups)
     shard = default_shard() if shard is None else tuple(shard)
     i, n = shard
     if not (n >= 1 and 0 <= i < n):
@@ -69,7 +76,9 @@ def collect_responses(model, processor, tasks: pd.DataFrame, *, model_name: str,
     folder.mkdir(parents=True, exist_ok=True)
     check_settings(folder, model_dir(out_dir, model_name),
                    dict(model=model_name, template=t.name, max_new_tokens=max_new_tokens,
-                        min_new_tokens=min_new_tokens, steering=_describe(steering)))
+                        min_new_tokens=min_new_tokens, steering=_describe(steering),
+                        # recorded only when set, so runs stored before the key existed resume
+                        **({} if t.image_first else {"image_first": False})))
     done = set(map(tuple, load_responses(out_dir, model_name)[KEY].itertuples(index=False)))
     todo = [it for it in items if (it.task_id, it.condition) not in done]
     log.info("%s shard %d/%d: %d of %d completions to do", model_name, i, n, len(todo), len(items))
@@ -79,7 +88,9 @@ def collect_responses(model, processor, tasks: pd.DataFrame, *, model_name: str,
         measure(todo, processor)
         _run(model, processor, todo, folder, model_name=model_name, batch_size=batch_size,
              flush_every=flush_every, progress=progress, max_new_tokens=max_new_tokens,
-             min_new_tokens=min_new_tokens, steering=steering)
+             min_new_tokens=min_new_tokens, steering=steering, speedups=speedups,
+             stop_ids=stop_token_ids(t, processor.tokenizer, model.generation_config),
+             **generate_kwargs)
 
     wanted = {(it.task_id, it.condition) for it in items}
     out = load_responses(out_dir, model_name)
@@ -88,16 +99,21 @@ def collect_responses(model, processor, tasks: pd.DataFrame, *, model_name: str,
 
 
 def _run(model, processor, todo, folder, *, model_name, batch_size, flush_every, progress,
-         **generate_kwargs) -> None:
+         speedups, **generate_kwargs) -> None:
     writer = PartWriter(folder)
     batches = AdaptiveBatches(batch_size)
     buffer: list[dict] = []
+    done = 0
     bar = tqdm(total=len(todo), desc=model_name, unit="completion", disable=not progress)
     try:
-        for rows in batches.run(order(todo), lambda b: generate_batch(model, processor, b,
-                                                                        **generate_kwargs)):
+        groups = order(todo, by_image=speedups.share_prefix)
+        for rows in batches.run(groups, lambda b: generate_batch(model, processor, b,
+                                                                 speedups=speedups,
+                                                                 **generate_kwargs)):
             buffer.extend({"model": model_name, **r} for r in rows)
             bar.update(len(rows))
+            done += len(rows)
+            report_progress(f"collect {model_name}", done, len(todo))
             if len(buffer) >= flush_every:
                 # hand the rows over before writing: a Ctrl-C inside write() then loses them
                 # (a rerun redoes them) instead of writing them twice from `finally`

@@ -12,6 +12,11 @@ process killed at any moment (SIGINT, SIGKILL, OOM-killer) leaves only complete 
 a rerun skips every (task_id, condition) already in a part. Rows: one per (model, task_id,
 condition), columns `COLUMNS`.
 
+A part that cannot be read (a truncated or corrupted file, e.g. copied from a full disk or
+half-synced between machines: "Parquet magic bytes not found") is set aside as
+`<part>.unreadable` with a warning naming it, and its rows, then missing, are collected again
+by the next run: a part holds nothing that cannot be regenerated.
+
 Shards: a task belongs to shard `shard_of(task_id, n)`, a hash of its id (not its position),
 so every process agrees without talking, and adding or reordering tasks moves none.
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -114,11 +120,30 @@ class PartWriter:
 def read_parts(out_dir: str | os.PathLike, model_name: str) -> pd.DataFrame:
     """Every stored row of a model, from all shards, as written (duplicates kept), plus `part`."""
     parts = sorted(model_dir(out_dir, model_name).rglob("part-*.parquet"))
-    frames = [pd.read_parquet(p).assign(part=str(p)) for p in parts]
+    frames = [frame.assign(part=str(p)) for p in parts if (frame := _read_part(p)) is not None]
     if not frames:
         return pd.DataFrame({c: pd.Series(dtype=t.to_pandas_dtype()) for c, t in
                              zip(SCHEMA.names, SCHEMA.types)}).assign(part=pd.Series(dtype=str))
     return pd.concat(frames, ignore_index=True)
+
+
+def _read_part(path: Path) -> pd.DataFrame | None:
+    """A part's rows, or None after setting an unreadable part aside (its rows are collected
+    again: the caller sees them as missing)."""
+    try:
+        return pd.read_parquet(path)
+    except (FileNotFoundError, PermissionError):
+        raise
+    except (pa.ArrowInvalid, OSError) as exc:  # truncated or corrupted bytes
+        aside = path.with_name(f"{path.name}.unreadable")
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = path.with_name(f"{path.name}.unreadable-{n}")
+        os.replace(path, aside)
+        warnings.warn(f"{path} is unreadable ({' '.join(str(exc).split())[:120]}); set aside as "
+                      f"{aside.name}, and its rows will be collected again", stacklevel=3)
+        return None
 
 
 def load_responses(out_dir: str | os.PathLike, model_name: str) -> pd.DataFrame:

@@ -134,13 +134,14 @@ def random_state_dict(config, *, device, dtype=torch.bfloat16, seed: int = 0) ->
 def random_llava(config, *, precision: str = "bf16", device: str = "cpu", seed: int = 0):
     """A random-weight LlavaForConditionalGeneration on `device`, in `precision`:
     "fp32", "bf16", or "4bit" (NF4, double quantisation, bf16 compute: what the pipeline loads)."""
-    from transformers import BitsAndBytesConfig, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
+
+    from ifl.compat import nf4_config
 
     dtype = torch.float32 if precision == "fp32" else torch.bfloat16
     quant = None
-    if precision == "4bit":
-        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                   bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+    if precision == "4bit":  # the pipeline's own config: tower, projector, lm_head unquantised
+        quant = nf4_config(dtype)
     elif precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be fp32, bf16 or 4bit, got {precision!r}")
     state = random_state_dict(config, device=device, dtype=dtype, seed=seed)

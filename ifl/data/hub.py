@@ -15,6 +15,8 @@ load downloads nothing; a local copy is prepared afresh at every load (see `load
 >>> print(download_command(spec))  # doctest: +NORMALIZE_WHITESPACE
 hf download floschne/maxm --repo-type dataset --revision 169afacfb848a1a4dab6b2aaaa149841cd643961
    --local-dir data/maxm
+>>> is_path_like("./data/maxm"), is_path_like("floschne/maxm")
+(True, False)
 """
 from __future__ import annotations
 
@@ -73,6 +75,21 @@ def source_spec(name: str) -> SourceSpec:
         raise KeyError(f"unknown source {name!r}; known: {', '.join(SOURCES)}") from None
 
 
+def is_path_like(source: str | os.PathLike) -> bool:
+    """A local path rather than a hub id: it exists here, or it looks like a path (`/`, `./`,
+    `../` or `~` in front, a backslash, or two or more `/`). The params check before a run
+    (ifl.params.check_files) uses this same rule, so a path-like value that is missing is
+    reported before any work instead of being tried as a hub id."""
+    text = str(source)
+    return (Path(text).expanduser().exists() or text.startswith(("/", "./", "../", "~"))
+            or "\\" in text or text.count("/") > 1)
+
+
+def local_value(spec: SourceSpec) -> str:
+    """What to write in params for the suggested local copy: `./data/maxm` (path-like)."""
+    return spec.local_dir if is_path_like(spec.local_dir) else f"./{spec.local_dir}"
+
+
 def is_local(source: str | os.PathLike) -> bool:
     """True for an existing directory; anything else is treated as a hub id."""
     return Path(source).expanduser().is_dir()
@@ -86,6 +103,9 @@ def resolve(spec: SourceSpec, source: str | os.PathLike | None,
     if is_local(source):
         return str(Path(source).expanduser()), None
     source = str(source)
+    if is_path_like(source):
+        raise SourceUnavailableError(f"{spec.name}: {source!r} is neither a directory nor a hub id "
+                                     f"(there is no folder {source})." + _how_to_get(spec))
     if not _HUB_ID.match(source):
         raise SourceUnavailableError(f"{spec.name}: {source!r} is neither a directory nor a hub id."
                                      + _how_to_get(spec))
@@ -102,17 +122,22 @@ def provenance(spec: SourceSpec, source: str | os.PathLike | None,
     return {"name": spec.name, "source": path, "revision": revision}
 
 
+_SPEC_DIR = "<spec.local_dir>"
+
+
 def download_command(spec: SourceSpec, include: tuple[str, ...] | None = None,
-                     revision: str | None = None) -> str:
+                     revision: str | None = None, local_dir: str | None = _SPEC_DIR) -> str:
     """The `hf download` command that makes the local copy `spec.local_dir` (at `revision`,
-    default the pinned one; only the files `include`, default `spec.include`)."""
+    default the pinned one; only the files `include`, default `spec.include`); with
+    local_dir=None, the command that fills the Hugging Face cache instead."""
     include = spec.include if include is None else include
     revision = revision or spec.revision
     parts = [f"hf download {spec.hub_id} --repo-type dataset"]
     if revision:
         parts.append(f"--revision {revision}")
     parts += [f"--include '{pattern}'" for pattern in include]
-    parts.append(f"--local-dir {spec.local_dir}")
+    if local_dir is not None:
+        parts.append(f"--local-dir {spec.local_dir if local_dir == _SPEC_DIR else local_dir}")
     return " ".join(parts)
 
 
@@ -124,7 +149,7 @@ def _how_to_get(spec: SourceSpec, include: tuple[str, ...] | None = None,
         lines += [f"  {spec.hub_id} is gated: accept its terms at "
                   f"https://huggingface.co/datasets/{spec.hub_id} with your account, then "
                   "`export HF_TOKEN=<your token>` (or `hf auth login`) before downloading."]
-    lines += [f"then copy {spec.local_dir}/ here and set `{spec.params_key}: {spec.local_dir}` "
+    lines += [f"then copy {spec.local_dir}/ here and set `{spec.params_key}: {local_value(spec)}` "
               "in the params file (or pass source=<that directory>)."]
     return "\n".join(lines)
 

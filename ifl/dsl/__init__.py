@@ -11,10 +11,12 @@ solved exactly, in O(N) time.
     fit.summary()            # estimate, se, z, two-sided p, 95% CI per term
 
 Modules: inputs (checks, design matrices), crossfit (folds, g_hat), learners (g),
-moments (estimating equations, sandwich), result (median rule, DSLResult), estimator (dsl).
+honest_forest (the default g), moments (estimating equations, sandwich), result (median
+rule, DSLResult), estimator (dsl).
 """
 from .estimator import dsl
+from .honest_forest import HonestForest
 from .learners import ForestLearner
 from .result import DSLResult
 
-__all__ = ["dsl", "DSLResult", "ForestLearner"]
+__all__ = ["dsl", "DSLResult", "ForestLearner", "HonestForest"]

@@ -72,17 +72,23 @@ def _require_complete(data: pd.DataFrame, cols: list[str], what: str) -> None:
 
 
 def _learner_inputs(data: pd.DataFrame, cols: list[str]) -> np.ndarray:
-    """(N, q) float matrix: numeric and bool columns as they are, others one-hot.
-    Coded once on all rows, so every fold sees the same columns (R codes train and test
-    separately, which breaks when a level is missing from a fold)."""
+    """(N, q) float matrix: numeric and bool columns as they are, others as R's model.matrix
+    codes them for the learner: treatment dummies, the first (sorted) level dropped. The number
+    of columns sets grf's mtry, so the learner sees what R's sees. Coded once on all rows, so
+    every fold sees the same columns (R codes train and test separately, which breaks when a
+    level is missing from a fold)."""
     parts = []
     for c in cols:
         col = data[c]
         if pd.api.types.is_bool_dtype(col) or pd.api.types.is_numeric_dtype(col):
             parts.append(col.to_numpy(dtype=float)[:, None])
         else:
-            parts.append(pd.get_dummies(col, dtype=float).to_numpy())
-    return np.hstack(parts)
+            parts.append(pd.get_dummies(col, dtype=float, drop_first=True).to_numpy())
+    features = np.hstack(parts)
+    if features.shape[1] == 0:
+        raise ValueError(f"learner input column(s) {cols} are constant: the learner has nothing "
+                         "to learn from")
+    return features
 
 
 def _distinct_rows(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

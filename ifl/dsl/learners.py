@@ -1,13 +1,15 @@
 """Supervised learners g for DSL's cross-fitting: anything with fit(X, y) and predict(X).
 
 DSL stays valid (consistent, with honest CIs) for any g: a better g only narrows the CI.
-So the choice trades efficiency against speed.
+The learner still moves the estimate by a fraction of an SE, so the default follows the R
+package's learner, `grf::regression_forest(X, Y, seed = seed)` with grf's defaults
+(`dsl` 0.1.0, R/estimate_g.R; X = the model matrix of `prediction` + `feature` without
+intercept, factors as treatment dummies, as `ifl.dsl.inputs` builds it).
 
-- "forest" (default): scikit-learn's random forest, set up like the R package's default
-  `grf::regression_forest` where sklearn can (half-sample per tree, leaves of >= 5 rows,
-  grf's mtry rule). Differences: 100 trees instead of grf's 2000 (2000 trees serve grf's
-  variance estimates, which DSL does not use), no honesty, and sklearn subsamples with
-  replacement.
+- "forest" (default): `HonestForest`, grf's honest regression forest rebuilt on scikit-learn's
+  CART trees (see its docstring for what matches grf and what does not).
+- "forest-sklearn": scikit-learn's random forest with grf-like sizes (half-samples, leaves of
+  >= 5 rows, grf's mtry) but no honesty; the default before `HonestForest`, kept for comparison.
 - "linear": least squares on the learner inputs; fast, for simulations.
 - "logistic": logistic regression, predicting probabilities; for a 0/1 predicted variable.
 - a scikit-learn estimator: cloned for every fold; classifiers predict P(y = 1).
@@ -20,18 +22,19 @@ So the choice trades efficiency against speed.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from sklearn.base import clone, is_classifier
 from sklearn.ensemble import RandomForestRegressor
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
-LEARNERS = ("forest", "linear", "logistic")
+from .honest_forest import HonestForest, grf_mtry
+
+LEARNERS = ("forest", "forest-sklearn", "linear", "logistic")
 
 
 class ForestLearner:
-    """Random-forest regression with grf-like defaults (see module docstring)."""
+    """scikit-learn's random forest sized like grf (half-samples, leaves >= 5, grf's mtry), without
+    honesty; 100 trees; sklearn subsamples with replacement. The learner "forest-sklearn"."""
 
     def __init__(self, n_estimators: int = 100, min_samples_leaf: int = 5,
                  sample_fraction: float = 0.5, random_state: int | None = None):
@@ -43,7 +46,7 @@ class ForestLearner:
         self.forest_ = RandomForestRegressor(
             n_estimators=self.n_estimators,
             min_samples_leaf=self.min_samples_leaf,
-            max_features=min(math.ceil(math.sqrt(p) + 20), p),  # grf's default mtry
+            max_features=grf_mtry(p),
             max_samples=self.sample_fraction,  # grf's sample.fraction
             random_state=self.random_state,
             n_jobs=1,  # DSL is run many times; parallelise over fits, not trees
@@ -76,6 +79,8 @@ def make_learner(learner, random_state: int):
     """A fresh, unfitted learner for one fold: a name in LEARNERS or a sklearn estimator."""
     if isinstance(learner, str):
         if learner == "forest":
+            return HonestForest(random_state=random_state)
+        if learner == "forest-sklearn":
             return ForestLearner(random_state=random_state)
         if learner == "linear":
             return LinearRegression()

@@ -29,6 +29,7 @@ from ifl.answer_spans import IGNORE, join_pieces, labels_of
 from ifl.data.miniature import concepts, gold_language, make_tasks, pretraining_corpus
 from ifl.mini.common import fresh_dir, is_done, lr_at, mark_done
 from ifl.mini.tokenizer import split_prompt
+from ifl.progress import report as report_progress
 from ifl.prompts import ChatTemplate, query, segments, template
 
 EVAL_SEED_OFFSET = 10_007   # held-out tasks come from another seed than any training corpus
@@ -191,6 +192,7 @@ def pretrain_lm(name: str, mix: dict[str, float], tokenizer, out_dir: str | Path
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         losses.append(loss.item())
+        report_progress(f"LM {name}", step + 1, steps)
     train_s = time.perf_counter() - start
     langs = [lang for lang, w in mix.items() if w > 0]
     k = max(1, min(20, steps // 5))

@@ -30,6 +30,7 @@ from ifl.data.miniature import content
 from ifl.data.miniature.render import render_turn
 from ifl.data.miniature.scenes import BACKGROUND, SHAPES, render_array, sample_scene
 from ifl.mini.common import fresh_dir, is_done, lr_at, mark_done
+from ifl.progress import report as report_progress
 
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)   # DINOv2's
@@ -177,6 +178,7 @@ def train_clip_tower(out_dir: str | Path, *, image_size: int = 32, patch: int = 
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         losses.append(loss.item())
+        report_progress("CLIP tower", step + 1, steps)
     vision.eval()
     test = scenes(200, seed, "clip-test", image_size)
     with torch.no_grad():
@@ -278,6 +280,7 @@ def train_dino_tower(out_dir: str | Path, *, image_size: int = 32, patch: int = 
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         losses.append(loss.item())
+        report_progress("DINO tower", step + 1, steps)
     metrics = _finish(vision.eval(), image_processor("dino", image_size), out_dir, settings, losses,
                       start, IMAGENET_MEAN, IMAGENET_STD, {})
     return out_dir, metrics

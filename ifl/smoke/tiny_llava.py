@@ -6,9 +6,9 @@
 | folder             | stands in for                                   | classes                                  |
 |--------------------|-------------------------------------------------|------------------------------------------|
 | tiny-llava-1.5     | llava-hf/llava-1.5-7b-hf and -13b-hf            | Llava(CLIPVisionModel + LlamaForCausalLM) |
-| tiny-bakllava      | llava-hf/bakLlava-v1-hf                         | Llava(CLIPVisionModel + MistralForCausalLM)|
+| tiny-bakllava      | llava-hf/bakLlava-v1-hf (processor config of an older revision: no num_additional_image_tokens) | Llava(CLIPVisionModel + MistralForCausalLM)|
 | tiny-llava-gemma   | Intel/llava-gemma-2b                            | Llava(CLIPVisionModel + GemmaForCausalLM) |
-| tiny-vicuna        | lmsys/vicuna-7b-v1.5                            | LlamaForCausalLM, LlamaTokenizer          |
+| tiny-vicuna        | lmsys/vicuna-7b-v1.5 (tokenizer.model only)     | LlamaForCausalLM, LlamaTokenizer          |
 | tiny-yi            | 01-ai/Yi-6B-Chat (llama arch, ChatML tokens)    | LlamaForCausalLM, LlamaTokenizer          |
 | tiny-leo           | LeoLM/leo-hessianai-7b-chat (ChatML tokens)     | LlamaForCausalLM, LlamaTokenizer          |
 | tiny-clip-vit      | openai/clip-vit-large-patch14-336               | CLIPVisionModel, CLIPImageProcessor(Pil)  |
@@ -82,12 +82,13 @@ CHATML_CHAT_TEMPLATE = (
 
 # Tokenizer families: (base special tokens at ids 0.., tokens appended after the BPE pieces,
 # bos, eos, pad, tokenizer class). Ids follow the real order (Llama: unk 0, <s> 1, </s> 2; Gemma:
-# pad 0, eos 1, bos 2, unk 3) but not the real values. Yi/LeoLM layouts are [U] (not read here).
+# pad 0, eos 1, bos 2, unk 3; Yi: unk 0, <|startoftext|> 1, <|endoftext|> 2, as 01-ai/Yi-6B's
+# tokenizer_config) but not the real values. The LeoLM layout is [U] (not read here).
 _FAMILIES = {
     "llama": (["<unk>", "<s>", "</s>"], [], "<s>", "</s>", None, "llama"),
     "llava": (["<unk>", "<s>", "</s>"], ["<image>", "<pad>"], "<s>", "</s>", "<pad>", "llama"),
     "yi": (["<unk>", "<|startoftext|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|im_sep|>"],
-           [], "<|startoftext|>", "<|im_end|>", "<unk>", "llama"),
+           [], "<|startoftext|>", "<|endoftext|>", "<unk>", "llama"),
     "leo": (["<unk>", "<s>", "</s>"], ["<|im_start|>", "<|im_end|>"], "<s>", "</s>", None, "llama"),
     "gemma": (["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"],
               ["<image>"], "<bos>", "<eos>", "<pad>", "gemma"),
@@ -101,10 +102,13 @@ def write_tiny_llava_models(root: Path, seed: int = 0) -> dict[str, Path]:
     """Write (once) every stand-in under root/models/; returns {folder name: path}."""
     builders: dict[str, Callable[[Path, int], None]] = {
         "tiny-llava-1.5": lambda d, s: _write_llava(d, s, "llama", "llava", LLAVA_CHAT_TEMPLATE),
-        "tiny-bakllava": lambda d, s: _write_llava(d, s, "mistral", "llava", MISTRAL_CHAT_TEMPLATE),
+        "tiny-bakllava": lambda d, s: _write_llava(d, s, "mistral", "llava", MISTRAL_CHAT_TEMPLATE,
+                                                   cls_field=False),
         "tiny-llava-gemma": lambda d, s: _write_llava(d, s, "gemma", "gemma", None),
-        "tiny-vicuna": lambda d, s: _write_llm(d, s, "llama", None),
-        "tiny-yi": lambda d, s: _write_llm(d, s, "yi", CHATML_CHAT_TEMPLATE),
+        "tiny-vicuna": lambda d, s: _write_llm(d, s, "llama", None, sentencepiece=True),
+        # Yi-6B-Chat's generation_config stops at <|im_end|> (id 7), its tokenizer's eos is
+        # <|endoftext|>; Yi-6B (base) stops at <|endoftext|>
+        "tiny-yi": lambda d, s: _write_llm(d, s, "yi", CHATML_CHAT_TEMPLATE, "<|im_end|>"),
         "tiny-leo": lambda d, s: _write_llm(d, s, "leo", CHATML_CHAT_TEMPLATE),
         "tiny-clip-vit": lambda d, s: _write_tower(d, s, "clip"),
         "tiny-dinov2": lambda d, s: _write_tower(d, s, "dinov2"),
@@ -214,24 +218,31 @@ def _image_processor(kind: str):
                                 image_std=IMAGENET_STD)
 
 
-def _finish_generation_config(model, tok) -> None:
+def _finish_generation_config(model, tok, eos: str | None = None) -> None:
     """Keep random models from emitting what decodes to nothing (bos/pad/unk/<image>, the rows
     beyond the tokenizer, an immediate end), so a smoke run has text to carry on; the real
-    models' generation configs have no such settings."""
+    models' generation configs have no such settings.
+
+    eos: the generation config's one stop token as the real repo has it (None: the tokenizer's
+    eos). The real configs name no end-of-turn token besides it (Intel/llava-gemma-2b: `<eos>`
+    only, though its answers end with `<end_of_turn>`; LeoLM: `</s>` only, though chat models
+    built on it end with `<|im_end|>`), so the stand-ins do not either: the pipeline must add
+    the chat template's end-of-turn itself (ifl.prompts.stop_token_ids)."""
     never = {tok.bos_token_id, tok.pad_token_id, tok.unk_token_id,
              tok.convert_tokens_to_ids("<image>") if "<image>" in tok.get_vocab() else None}
     never |= set(range(len(tok), model.get_output_embeddings().weight.shape[0]))
     model.generation_config.suppress_tokens = sorted(t for t in never if t is not None)
     model.generation_config.min_new_tokens = 4  # an answer of only "</s>" would be empty text
     model.generation_config.pad_token_id = tok.pad_token_id
-    # a chat turn ends at <end_of_turn> (Gemma) or <|im_end|> (ChatML) as well as at eos [I]
-    turn_end = [t for t in ("<end_of_turn>", "<|im_end|>") if t in tok.get_vocab()]
-    if turn_end:
-        ends = {tok.eos_token_id, tok.convert_tokens_to_ids(turn_end[0])}
-        model.generation_config.eos_token_id = sorted(ends)
+    model.generation_config.eos_token_id = (tok.eos_token_id if eos is None
+                                            else tok.convert_tokens_to_ids(eos))
 
 
-def _write_llava(out: Path, seed: int, arch: str, family: str, chat_template: str | None) -> None:
+def _write_llava(out: Path, seed: int, arch: str, family: str, chat_template: str | None,
+                 cls_field: bool = True) -> None:
+    """cls_field=False: the processor config has patch_size but no num_additional_image_tokens,
+    as older llava-hf revisions and mirrors (unsloth/llava-1.5-7b-hf) have; transformers 5 then
+    counts 0 for CLIP's CLS unless ifl.compat.complete_processor says otherwise."""
     import torch
     from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
@@ -260,19 +271,37 @@ def _write_llava(out: Path, seed: int, arch: str, family: str, chat_template: st
                                num_additional_image_tokens=1, chat_template=chat_template)
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    if not cls_field:
+        _drop_processor_field(out, "num_additional_image_tokens")
 
 
-def _write_llm(out: Path, seed: int, family: str, chat_template: str | None) -> None:
+def _drop_processor_field(out: Path, key: str) -> None:
+    path = out / "processor_config.json"
+    saved = json.loads(path.read_text())
+    saved.pop(key)
+    path.write_text(json.dumps(saved, indent=2) + "\n")
+
+
+def _write_llm(out: Path, seed: int, family: str, chat_template: str | None,
+               eos: str | None = None, sentencepiece: bool = False) -> None:
+    """sentencepiece: the tokenizer as tokenizer.model only (lmsys/vicuna-7b-v1.5's files)."""
     import torch
-    from transformers import LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
-    tok = tiny_tokenizer(family)
+    if sentencepiece:
+        from ifl.smoke.sentencepiece_tokenizer import write_sentencepiece_tokenizer
+        from ifl.smoke.tiny_models import tiny_corpus
+        write_sentencepiece_tokenizer(out, tiny_corpus() + _CHAT_LINES)
+        tok = AutoTokenizer.from_pretrained(out)  # converted via protobuf, as the real repo
+    else:
+        tok = tiny_tokenizer(family)
     tok.chat_template = chat_template
     torch.manual_seed(seed)
     model = LlamaForCausalLM(_text_config("llama", tok, len(tok))).eval()
-    _finish_generation_config(model, tok)
+    _finish_generation_config(model, tok, eos)
     model.save_pretrained(out)
-    tok.save_pretrained(out)
+    if not sentencepiece:  # else the folder keeps tokenizer.model as its only tokenizer file
+        tok.save_pretrained(out)
 
 
 def _write_tower(out: Path, seed: int, kind: str) -> None:

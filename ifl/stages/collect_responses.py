@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -21,14 +20,16 @@ from ifl.collect import collect_responses, load_responses
 from ifl.collect.store import model_dir
 from ifl.models import model_info, template_for
 from ifl.params_schema import CollectResponses
-from ifl.runtime import cpu_threads, free_memory, load_model, sample_parallel_items, variant_template
+from ifl.runtime import (cpu_threads, free_memory, load_model, run_template, sample_parallel_items,
+                         variant_template)
 from ifl.stage import write_json_atomic
 
 log = logging.getLogger(__name__)
 IDENTITY_FILE = "weights.json"
 HASH_LIMIT = 256 * 2**20   # weight files up to this size are hashed; larger ones by size + mtime
 
-MODEL_COLUMNS = ["model", "kind", "source", "revision", "template", "llm", "vision", "data_lang"]
+MODEL_COLUMNS = ["model", "kind", "source", "revision", "template", "image_first", "llm", "vision",
+                 "data_lang"]
 
 
 def models_table(p: CollectResponses, world: str, variants: pd.DataFrame | None) -> pd.DataFrame:
@@ -41,8 +42,10 @@ def models_table(p: CollectResponses, world: str, variants: pd.DataFrame | None)
                 raise FileNotFoundError("03_collect_responses.models lists 'variants' but notebook 02 "
                                         "has no variants.csv: run notebook 02 first")
             for v in variants.itertuples():
+                # trained with `<image>` first (ifl.train.data moves it there)
                 rows.append(dict(model=v.variant, kind="variant", source=v.model_dir, revision=None,
-                                 template=variant_template(v.llm, world), llm=v.llm, vision=v.vision, data_lang=v.data_lang))
+                                 template=variant_template(v.llm, world), image_first=True, llm=v.llm,
+                                 vision=v.vision, data_lang=v.data_lang))
             continue
         if name not in p.model_sources:
             raise KeyError(f"03_collect_responses.models names {name!r}, which has no entry in "
@@ -50,7 +53,8 @@ def models_table(p: CollectResponses, world: str, variants: pd.DataFrame | None)
         info = model_info(name)
         rows.append(dict(model=name, kind="llava", source=p.model_sources[name],
                          revision=p.model_revisions.get(name, info.revision),
-                         template=template_for(name).name, llm=info.llm, vision=info.vision,
+                         template=template_for(name).name, image_first=info.image_first,
+                         llm=info.llm, vision=info.vision,
                          data_lang="en"))  # the off-the-shelf models were trained on English data
     table = pd.DataFrame(rows, columns=MODEL_COLUMNS)
     dup = table["model"].duplicated()
@@ -94,18 +98,36 @@ def weights_id(source: str, revision: str | None) -> str:
 
 
 def forget_stale(out_dir: Path, model: str, identity: str) -> bool:
-    """Keep `model`'s stored responses only if they were made by the weights `identity` names;
-    otherwise delete them (they answer for another model: notebook 02 retrained it) and say so.
-    Records `identity` either way. True if stored responses were deleted."""
+    """Keep `model`'s stored responses unless they are proven to come from other weights than
+    `identity` names (their `weights.json` says so: notebook 02 retrained the variant); those are
+    moved aside to `<model>.stale-<timestamp>` (never deleted), with a message. Responses without
+    `weights.json` (e.g. shards collected by hand on several GPUs) cannot be proven stale: they
+    are kept and adopted. Records `identity` either way. True if responses were moved aside."""
     folder = model_dir(out_dir, model)
     marker = folder / IDENTITY_FILE
-    stale = folder.exists() and (not marker.exists()
-                                 or json.loads(marker.read_text())["weights"] != identity)
+    stale = False
+    if folder.exists() and marker.exists():
+        try:
+            stored = json.loads(marker.read_text(encoding="utf-8"))["weights"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{marker}: unreadable ({exc}); it should be {{\"weights\": ...}}. "
+                             "Fix or delete that file (the responses beside it are kept)") from exc
+        stale = stored != identity
+    elif folder.exists() and any(folder.iterdir()):
+        print(f"{model}: stored responses in {folder} have no {IDENTITY_FILE} (collected outside "
+              f"this notebook?); kept as responses of {identity}. Move the folder away to "
+              "collect them again.")
     if stale:
-        log.warning("%s: stored responses came from other weights than %s; collecting again",
-                    model, identity)
-        print(f"{model}: the stored responses came from other weights (retrained?); collecting again")
-        shutil.rmtree(folder)
+        aside = folder.with_name(f"{folder.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+        n = 1
+        while aside.exists():
+            aside = aside.with_name(f"{folder.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+            n += 1
+        folder.rename(aside)
+        log.warning("%s: stored responses came from %s, not %s; moved to %s", model, stored,
+                    identity, aside)
+        print(f"{model}: the stored responses came from other weights (retrained?); moved them "
+              f"to {aside} and collecting again")
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(marker, {"weights": identity})
     return stale
@@ -132,7 +154,7 @@ def collect_all(models: pd.DataFrame, tasks: pd.DataFrame, out_dir: Path, p: Col
                 model, processor = load_model(row, dtype=p.dtype, quantization=p.quantization,
                                               device=device)
                 df = collect_responses(model, processor, tasks, model_name=row.model,
-                                       template=row.template, conditions=tuple(p.conditions),
+                                       template=run_template(row), conditions=tuple(p.conditions),
                                        max_new_tokens=p.max_new_tokens, batch_size=p.batch_size,
                                        out_dir=out_dir, progress=progress)
                 del model, processor

@@ -12,17 +12,22 @@ appendices B-C): the scored table that notebooks 05 and 07 estimate from. The sc
                      lets notebook 05 check DSL against the truth; never used by an estimator)
 
 Both worlds go through the same sheet: the sample is exported for annotators and their sheet
-is imported back (validated). In the miniature an exact annotator (the generator's word rule,
-with an optional error rate) fills the sheet; in paper-smoke a stand-in (the fallback language
-identifier) does, only so that the code path runs.
+is imported back (validated). A sheet named by `annotation_sheet` is imported in either world;
+without one, in the miniature an exact annotator (the generator's word rule, with an optional
+error rate) fills a copy (`annotation_sheet.simulated.csv`), and in paper-smoke a stand-in (the
+fallback language identifier) does, only so that the code path runs. The blank sheet for people
+is never written over a sheet holding labels (ifl.annotate.place_blank_sheet).
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ifl.annotate import (LABEL_COLUMNS, annotation_sample, annotation_weights, export_sheet,
-                          import_sheet, inclusion_probabilities, write_sheet)
+                          import_given_sheet, import_sheet, inclusion_probabilities,
+                          place_blank_sheet, read_sheet, write_sheet)
 from ifl.langid import Identifier
 from ifl.params_schema import ScoreLanguages
 from ifl.score import (accuracy_surrogate, identifier_settings, join_tasks, load_identifier_from,
@@ -63,7 +68,7 @@ def _fill_sheet(sheet_path, labels: pd.DataFrame, language: str, correct: str) -
     """Write an annotator's answers into the exported sheet: answer_language from column
     `language` of `labels` (indexed like the sample), correct (and matches_gold) from the 1/0
     column `correct`."""
-    sheet = pd.read_csv(sheet_path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    sheet = read_sheet(sheet_path)
     by_id = labels.set_index(labels.index.astype(str))
     sheet["answer_language"] = sheet["id"].map(by_id[language])
     sheet["correct"] = sheet["id"].map(by_id[correct].map({1.0: "true", 0.0: "false"}))
@@ -109,22 +114,25 @@ def annotate(scored: pd.DataFrame, p: ScoreLanguages, *, world: str, seed: int,
     annotators' sheet from params, or the smoke stand-in), import it, attach the labels."""
     scored = scored.reset_index(drop=True)
     sample, pi = draw_sample(scored, p.annotation_n, seed)
-    export_sheet(sample, sheet_path)
-    if world == "miniature":
-        fill_sheet_exactly(sheet_path, sample, error_rate=p.mini_annotator_error_rate, seed=seed)
-        filled = sheet_path
-    elif p.annotation_sheet is not None:
-        filled = p.annotation_sheet
-    elif p.simulate_annotations:
-        fill_sheet_stand_in(sheet_path, sample)
-        filled = sheet_path
+    blank = place_blank_sheet(sample, sheet_path)
+    if Path(blank) != Path(sheet_path):
+        used = "" if p.annotation_sheet is not None else (
+            " (not used: set 04_score_languages.annotation_sheet to it to import its labels)")
+        print(f"{sheet_path} holds labels and is kept{used}; the blank sheet went to {blank}")
+    simulated = Path(sheet_path).with_name(f"{Path(sheet_path).stem}.simulated.csv")
+    if p.annotation_sheet is not None:  # people's labels, in either world
+        labels = import_given_sheet(p.annotation_sheet, sample)
+        print(f"imported {int(labels['labeled'].sum())} labeled rows from {p.annotation_sheet}")
+    elif world == "miniature" or p.simulate_annotations:
+        export_sheet(sample, simulated, keep_labels=False)  # the simulated annotator's own copy
+        if world == "miniature":
+            fill_sheet_exactly(simulated, sample, error_rate=p.mini_annotator_error_rate, seed=seed)
+        else:
+            fill_sheet_stand_in(simulated, sample)
+        labels = import_sheet(simulated, sample)
     else:
-        filled = None
-    if filled is None:
         labels = pd.DataFrame({"labeled": False, **{c: pd.NA for c in LABEL_COLUMNS},
                                "fidelity": pd.NA}, index=sample.index)
-    else:
-        labels = import_sheet(filled, sample)
     out = attach_labels(scored, sample, pi, labels)
     if world == "miniature":  # the oracle: exact rule, no annotator error, every row
         truth = miniature_gold(scored, annotator_error_rate=0.0, seed=seed)

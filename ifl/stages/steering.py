@@ -17,7 +17,7 @@ import pandas as pd
 from ifl import paper
 from ifl.collect import collect_responses
 from ifl.params_schema import Steering
-from ifl.runtime import cpu_threads, free_memory, load_model, sample_parallel_items
+from ifl.runtime import cpu_threads, free_memory, load_model, run_template, sample_parallel_items
 from ifl.score import exact_fidelity, join_tasks, load_identifier_from, score_language
 from ifl.steer import LanguageSteering, default_layer, steering_vector
 
@@ -80,7 +80,7 @@ def collect_steered(model, processor, row, tasks: pd.DataFrame, vecs: dict, p: S
         if part.empty:
             continue
         name = steered_name(row.model, vec, p)
-        df = collect_responses(model, processor, part, model_name=name, template=row.template,
+        df = collect_responses(model, processor, part, model_name=name, template=run_template(row),
                                conditions=("image",), max_new_tokens=p.max_new_tokens,
                                batch_size=p.batch_size, out_dir=out_dir, progress=progress,
                                steering=LanguageSteering.of(vec, p.scale, p.positions))

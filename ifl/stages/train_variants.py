@@ -21,6 +21,8 @@ from ifl.data.miniature.scenes import COLORS, POSITIONS, SHAPES
 from ifl.params_schema import TrainVariants
 from ifl.runtime import MINI_TEMPLATE, torch_threads
 from ifl.train import LoraSettings, StageSettings, design_space, train_variant
+from ifl.train.preflight import check_manifest
+from ifl.train.recipes import learning_rates
 
 # How many answers each short question type allows: the chance level of a blind guess.
 N_OPTIONS = {"color": len(COLORS), "shape": len(SHAPES), "count": 3, "exist": 2,
@@ -64,12 +66,19 @@ def stage_settings(p: TrainVariants, world: str) -> tuple[StageSettings, StageSe
                 StageSettings(lr=p.mini_stage2_lr, max_steps=p.mini_stage2_steps, **common))
     shared = dict(max_length=p.max_length, save_every=p.save_every,
                   gradient_checkpointing=p.gradient_checkpointing)
-    return (StageSettings.llava_stage1(micro_batch=p.stage1_micro_batch, lr=p.stage1_lr,
+    lr = paper_learning_rates(p)
+    return (StageSettings.llava_stage1(micro_batch=p.stage1_micro_batch, lr=lr.stage1,
                                        global_batch=p.stage1_global_batch,
                                        max_steps=p.stage1_max_steps, **shared),
-            StageSettings.llava_stage2(micro_batch=p.stage2_micro_batch, lr=p.stage2_lr,
+            StageSettings.llava_stage2(micro_batch=p.stage2_micro_batch, lr=lr.stage2,
                                        global_batch=p.stage2_global_batch,
                                        max_steps=p.stage2_max_steps, **shared))
+
+
+def paper_learning_rates(p: TrainVariants):
+    """The training mode's recipe rates, with the ones the params set."""
+    return learning_rates(p.training, stage1=p.stage1_lr, stage2=p.stage2_lr,
+                          projector=p.stage2_projector_lr)
 
 
 def train_all(p: TrainVariants, world: str, llm_paths: dict, vision_paths: dict, manifest: dict,
@@ -77,18 +86,22 @@ def train_all(p: TrainVariants, world: str, llm_paths: dict, vision_paths: dict,
     """Train (or read back) every variant; one row per variant with its losses and timing."""
     stage1, stage2 = stage_settings(p, world)
     template = MINI_TEMPLATE if world == "miniature" else None  # None: each LLM's own template
-    qlora = LoraSettings(r=p.lora_r, alpha=p.lora_alpha) if world == "paper" and p.training == "qlora" else None
+    qlora = (LoraSettings(r=p.lora_r, alpha=p.lora_alpha, projector_lr=paper_learning_rates(p).projector)
+             if world == "paper" and p.training == "qlora" else None)
     dtype = torch.float32 if world == "miniature" else getattr(torch, p.dtype)
     rows = []
+    check_manifest(manifest, [s.data_lang for s in specs(p)], skip_missing=p.skip_missing_images)
     for spec in tqdm(specs(p), desc="variants", unit="variant"):
         started = time.perf_counter()
         with torch_threads(p.threads if world == "miniature" else None):
             result = train_variant(spec, llm_paths[spec.llm], vision_paths[spec.vision], manifest,
                                    template, stage1, stage2, out, dtype=dtype, device=device,
-                                   qlora=qlora, seed=seed, progress=False)
+                                   qlora=qlora, seed=seed, progress=False,
+                                   skip_missing_images=p.skip_missing_images)
         rows.append({"variant": spec.name, "llm": spec.llm, "vision": spec.vision,
                      "data_lang": spec.data_lang, "model_dir": str(result.model_dir),
                      "cached": result.cached, "seconds": round(time.perf_counter() - started, 1),
+                     "skipped_records": result.skipped_records,
                      **{f"{stage}_final_loss": _final_loss(getattr(result, stage))
                         for stage in ("stage1", "stage2")}})
     return pd.DataFrame(rows)

@@ -8,8 +8,7 @@
 
 Modules: assemble (model + processor), data (records -> masked tokens, images, sample order),
 lora (what is trained, LoRA, export), checkpoint (atomic resume), settings (StageSettings),
-loop (train_stage),
-variants (the 14-variant design space). Launching on several GPUs: see `ifl/train/__main__.py`.
+loop (train_stage), variants (the 14-variant design space). Launching on several GPUs: see `ifl/train/__main__.py`.
 """
 from ifl.train.assemble import assemble_llava, load_llava
 from ifl.train.lora import LoraSettings

@@ -14,11 +14,15 @@ Plain DDP instead of DeepSpeed: --config_file ifl/train/ddp.yaml (the whole mode
 One 24 GB GPU: stage 1 in bf16 (frozen LLM, no optimizer state for it), stage 2 as QLoRA:
     python -m ifl.train --variant yi-clip-zh ... --dtype bfloat16 --qlora r=128 alpha=256 \\
         --stage1 micro_batch=8 gradient_checkpointing=true \\
-        --stage2 lr=2e-4 micro_batch=4 gradient_checkpointing=true
+        --stage2 micro_batch=4 gradient_checkpointing=true
 
 --stage1/--stage2 take key=value overrides of StageSettings.llava_stage1()/llava_stage2()
-(values: numbers, else YAML: lr=5e-4, max_steps=150, format=chat, save_every=null). Rerunning the same command skips
-finished variants and resumes interrupted ones (set save_every to checkpoint more often).
+(values: numbers, else YAML: lr=5e-4, max_steps=150, format=chat, save_every=null). Learning
+rates not given come from the mode's recipe (ifl/train/recipes.py): full fine-tune stage 2 at
+2e-5; with --qlora LoRA at 2e-4 and the projector at 2e-5 (--qlora projector_lr=...). Rerunning
+the same command skips finished variants and resumes interrupted ones (set save_every to
+checkpoint more often). Every image the records name is checked before anything trains;
+--skip-missing-images leaves out records whose image is missing (counted in images.json).
 """
 from __future__ import annotations
 
@@ -30,6 +34,9 @@ import torch
 import yaml
 
 from ifl.train.lora import LoraSettings
+from ifl.train.memory import release_memory
+from ifl.train.preflight import check_manifest
+from ifl.train.recipes import learning_rates
 from ifl.train.variants import LLMS, VISIONS, StageSettings, design_space, train_variant, variant
 
 
@@ -72,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--qlora", nargs="*", default=None, metavar="KEY=VALUE",
                     help="stage 2 as QLoRA (4-bit LLM + LoRA); LoraSettings overrides")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-missing-images", action="store_true",
+                    help="leave out records whose image is missing (default: stop before training)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (1 on a small shared CPU: oversubscribed threads "
                          "made tiny-model steps 100x slower there)")
@@ -80,18 +89,28 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
 
     specs = design_space() if args.variant == ["all"] else [variant(v) for v in args.variant]
-    stage1 = StageSettings.llava_stage1(**_pairs(args.stage1))
-    stage2 = StageSettings.llava_stage2(**_pairs(args.stage2))
-    qlora = LoraSettings(**_pairs(args.qlora)) if args.qlora is not None else None
+    s1, s2 = _pairs(args.stage1), _pairs(args.stage2)
+    lora = _pairs(args.qlora) if args.qlora is not None else None
+    lr = learning_rates("full" if lora is None else "qlora", stage1=s1.pop("lr", None),
+                        stage2=s2.pop("lr", None),
+                        projector=None if lora is None else lora.pop("projector_lr", None))
+    stage1 = StageSettings.llava_stage1(lr=lr.stage1, **s1)
+    stage2 = StageSettings.llava_stage2(lr=lr.stage2, **s2)
+    qlora = LoraSettings(**lora, projector_lr=lr.projector) if lora is not None else None
+    check_manifest(args.manifest, [s.data_lang for s in specs], skip_missing=args.skip_missing_images)
     for spec in specs:
         llm = LLMS[spec.llm]["hub"] if args.llm == "hub" else args.llm.format(llm=spec.llm)
         vision = VISIONS[spec.vision] if args.vision == "hub" else args.vision.format(vision=spec.vision)
         res = train_variant(spec, llm, vision,
                             args.manifest, args.template, stage1, stage2, args.out,
                             tokenizer=args.tokenizer, dtype=getattr(torch, args.dtype),
-                            qlora=qlora, seed=args.seed)
-        print(f"{spec.name}: {'already done' if res.cached else 'trained'} -> {res.model_dir}",
+                            qlora=qlora, seed=args.seed,
+                            skip_missing_images=args.skip_missing_images)
+        skipped = f" ({res.skipped_records} records without image skipped)" if res.skipped_records else ""
+        print(f"{spec.name}: {'already done' if res.cached else 'trained'} -> {res.model_dir}{skipped}",
               file=sys.stderr)
+        del res  # holds no model; memory of the variant is given back before the next loads
+        release_memory()
 
 
 if __name__ == "__main__":

@@ -52,11 +52,8 @@ class ModelSource:
 
 
 def _bnb_4bit(compute_dtype: torch.dtype, skip: list[str] | None = None):
-    from transformers import BitsAndBytesConfig
-    # QLoRA's settings (Dettmers et al. 2023): NF4 with double quantization
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                              bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute_dtype,
-                              llm_int8_skip_modules=skip)
+    from ifl.compat import nf4_config  # the package's one NF4 config
+    return nf4_config(compute_dtype, skip)
 
 
 def _check_quantization(quantization: str | None) -> None:
@@ -250,18 +247,13 @@ def assemble_llava(llm: str | Path, vision: str | Path, *, tokenizer=None,
 
 def load_llava(path: str | Path, *, dtype: torch.dtype = torch.float32,
                quantization: str | None = None, device: str | torch.device = "cpu"):
-    """(model, processor) saved by `train_stage` (or any llava-hf checkpoint).
+    """(model, processor) saved by `train_stage` (or any llava-hf checkpoint), through the
+    package's one loader (`ifl.models.load_llava`), with `model.ifl_source` recorded.
 
     quantization="4bit": the LLM in NF4, the tower, projector and lm_head unquantized (QLoRA
     for stage 2 on a single 24 GB GPU)."""
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from ifl.models import load_llava as load
     _check_quantization(quantization)
-    kwargs: dict = {"dtype": dtype, "device_map": {"": str(device)}}
-    if quantization == "4bit":
-        # transformers 5 matches skip patterns from the start of the module path (or as suffix)
-        skip = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
-        kwargs["quantization_config"] = _bnb_4bit(dtype, skip)
-    model = LlavaForConditionalGeneration.from_pretrained(str(path), **kwargs)
+    model, processor = load(str(path), dtype=dtype, quantization=quantization, device=str(device))
     model.ifl_source = ModelSource("llava", {"llava": str(path)})
-    processor = AutoProcessor.from_pretrained(str(path), backend="pil")
     return model, processor

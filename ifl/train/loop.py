@@ -29,14 +29,20 @@ from typing import Callable
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from accelerate.utils import set_seed
 from tqdm.auto import tqdm
+# at import time, not inside train_stage: the first import of transformers.optimization keeps
+# the importing frames alive, and with them train_stage's locals (the model) for good
+from transformers import get_scheduler
 
+from ifl.progress import report as report_progress
 from ifl.prompts import ChatTemplate
 from ifl.stage import write_json_atomic
 from ifl.train.checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, save_checkpoint
 from ifl.train.data import IGNORE, LlavaDataset, SamplePlan
 from ifl.train.lora import (LoraSettings, base_llava, export_model, param_groups, set_trainable,
                             trainable_summary)
+from ifl.train.precision import autocast, downcast, upcast_trainable
 from ifl.train.settings import StageSettings
 
 RESULT = "result.json"
@@ -106,9 +112,6 @@ def train_stage(model, processor, records: list[dict] | str | Path, image_folder
     loss_norm: "tokens" (mean over the answer tokens of the global batch; accumulation-invariant)
     or "micro_batch" (mean of per-micro-batch token means, what LLaVA's 2023 HF Trainer did).
     """
-    from accelerate.utils import set_seed
-    from transformers import get_scheduler
-
     lr, global_batch, micro_batch = settings.lr, settings.global_batch, settings.micro_batch
     epochs, max_steps, warmup_ratio = settings.epochs, settings.max_steps, settings.warmup_ratio
     scheduler, weight_decay, adam_eps = settings.scheduler, settings.weight_decay, settings.adam_eps
@@ -139,6 +142,11 @@ def train_stage(model, processor, records: list[dict] | str | Path, image_folder
     set_seed(seed)  # LoRA init, dropout; restored from the checkpoint on resume
 
     model = set_trainable(model, stage, qlora if stage == "full" else None)
+    # frozen weights' dtype = compute dtype; trainable ones get an fp32 master copy (not under
+    # DeepSpeed, whose bf16 mode keeps its own), or updates of ~lr round away in bf16
+    compute_dtype = next(base_llava(model).model.vision_tower.parameters()).dtype
+    is_ds = accelerator.distributed_type.name == "DEEPSPEED"
+    upcast = [] if is_ds else upcast_trainable(model, compute_dtype)
     if gradient_checkpointing:
         base_llava(model).gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -194,7 +202,8 @@ def train_stage(model, processor, records: list[dict] | str | Path, image_folder
                                            scale=None if loss_norm == "micro_batch"
                                            else accum * world / max(n_targets, 1),
                                            params=params, projector=projector,
-                                           pixel_dtype=pixel_dtype, max_grad_norm=max_grad_norm)
+                                           pixel_dtype=pixel_dtype, max_grad_norm=max_grad_norm,
+                                           compute_dtype=None if is_ds else compute_dtype)
         loss = accelerator.reduce(local, "sum").item() / max(n_targets, 1)
         rows.append({"step": step + 1, "loss": loss, "lr": lr_now,
                      "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
@@ -202,6 +211,7 @@ def train_stage(model, processor, records: list[dict] | str | Path, image_folder
                      "epoch": (step + 1) * global_batch / len(ds),
                      "seconds": before + time.perf_counter() - t0})
         bar.update(1)
+        report_progress(f"train {out_dir.parent.name} {out_dir.name}", step + 1, total)
         if (step + 1) % log_every == 0 or step + 1 == total:
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr_now:.2e}")
         if save_every and (step + 1) % save_every == 0:
@@ -212,7 +222,7 @@ def train_stage(model, processor, records: list[dict] | str | Path, image_folder
             callback(step + 1, rows[-1])
     bar.close()
 
-    is_ds = accelerator.distributed_type.name == "DEEPSPEED"
+    downcast(upcast, compute_dtype)  # the saved model is in one dtype, as it was loaded
     state_dict = accelerator.get_state_dict(model) if is_ds else None  # gathers ZeRO-3 shards
     export_model(unwrapped, processor, out_dir / MODEL, state_dict=state_dict,
                  is_main_process=accelerator.is_main_process)
@@ -261,21 +271,41 @@ def _accelerator(global_batch: int, micro_batch: int, max_grad_norm: float | Non
                          f"processes = {micro_batch} x {world}")
     accelerator.gradient_accumulation_steps = accum
     if accelerator.distributed_type.name == "DEEPSPEED":
-        # DeepSpeed takes batch arithmetic and clipping from its own config: state ours (it has no
-        # dataloader to infer them from, and a stale value would silently change the maths)
-        accelerator.state.deepspeed_plugin.deepspeed_config.update(
-            {"train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": accum,
-             "gradient_clipping": max_grad_norm or 0.0})
+        stage_deepspeed_config(accelerator.state.deepspeed_plugin.deepspeed_config,
+                               micro_batch=micro_batch, accum=accum, world=world,
+                               max_grad_norm=max_grad_norm)
     return accelerator, accum, world, global_batch, micro_batch
 
 
+def stage_deepspeed_config(config: dict, *, micro_batch: int, accum: int, world: int,
+                           max_grad_norm: float | None) -> dict:
+    """Write this stage's batch arithmetic and clipping into DeepSpeed's config (in place; also
+    returned). accelerate's state is a process-wide singleton: the config dict a stage resolves
+    (its "auto" train_batch_size becomes 256 in stage 1) is the one the next stage gets, so
+    every batch field is set per stage, or stage 2 (128 = 16 x 1 x 8) fails DeepSpeed's check
+    train_batch_size == micro x accumulation x processes.
+
+    >>> cfg = {"train_batch_size": "auto", "zero_optimization": {"stage": 2}}
+    >>> stage_deepspeed_config(cfg, micro_batch=32, accum=1, world=8, max_grad_norm=1.0)["train_batch_size"]
+    256
+    >>> stage_deepspeed_config(cfg, micro_batch=16, accum=1, world=8, max_grad_norm=1.0)["train_batch_size"]
+    128
+    """
+    config.update({"train_batch_size": micro_batch * accum * world,
+                   "train_micro_batch_size_per_gpu": micro_batch,
+                   "gradient_accumulation_steps": accum,
+                   "gradient_clipping": max_grad_norm or 0.0})
+    return config
+
+
 def _optimizer_step(model, optimizer, sched, accelerator, batches, accum: int, *,
-                    scale: float | None, params, projector, pixel_dtype, max_grad_norm
-                    ) -> tuple[torch.Tensor, object]:
+                    scale: float | None, params, projector, pixel_dtype, max_grad_norm,
+                    compute_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, object]:
     """`accum` micro-batches, then one optimizer step. Each micro-batch's summed token loss is
     scaled by accum x processes / answer tokens of the global batch: after accelerate's division
     by accum and DDP's mean over processes, the gradient is that of the global token mean.
     scale=None: divide by the micro-batch's own token count instead (loss_norm="micro_batch").
+    compute_dtype: bf16/fp16 runs the forward pass under autocast (fp32 master weights).
     Returns (this process's summed token loss, grad norm before clipping or None)."""
     local = torch.zeros((), device=accelerator.device)
     grad_norm = None
@@ -285,7 +315,8 @@ def _optimizer_step(model, optimizer, sched, accelerator, batches, accum: int, *
         if batch["pixel_values"] is not None:
             batch["pixel_values"] = batch["pixel_values"].to(pixel_dtype)
         with accelerator.accumulate(model):
-            loss_sum, logits = token_loss_sum(model, batch)
+            with autocast(accelerator.device, compute_dtype or torch.float32):
+                loss_sum, logits = token_loss_sum(model, batch)
             if batch["pixel_values"] is None:  # keep the projector in the graph (DDP)
                 loss_sum = loss_sum + 0.0 * sum(p.sum() for p in projector)
             accelerator.backward(loss_sum * (scale if scale is not None

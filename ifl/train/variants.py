@@ -34,6 +34,8 @@ from ifl.prompts import ChatTemplate, template as get_template
 from ifl.stage import write_json_atomic
 from ifl.train.lora import LoraSettings
 from ifl.train.loop import TrainResult, train_stage
+from ifl.train.memory import release_memory
+from ifl.train.preflight import check_images
 from ifl.train.settings import StageSettings
 
 # Components of docs/sources.md §8b, read from the one model table (ifl/models.yaml);
@@ -45,6 +47,7 @@ DATA_LANGS = ("en", "zh", "de")
 # Table 3: which data languages each LLM is trained with (absent: all of them)
 PAPER_RULES: dict[str, tuple[str, ...]] = {"yi": ("en", "zh"), "leo": ("en", "de")}
 DONE = "DONE"
+IMAGES = "images.json"  # the pre-flight image check of a variant's data (skipped records)
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,12 @@ class VariantResult:
     stage1: TrainResult | None
     stage2: TrainResult | None
     cached: bool = False
+    images: list[dict] | None = None  # pre-flight report per part (see ifl.train.preflight)
+
+    @property
+    def skipped_records(self) -> int:
+        """Records left out because their image is missing (skip_missing_images)."""
+        return sum(part["skipped_records"] for part in self.images or [])
 
 
 def component_id(path: str | Path) -> str:
@@ -132,25 +141,28 @@ def train_variant(spec: VariantSpec, llm_path: str | Path, vision_path: str | Pa
                   stage1: StageSettings, stage2: StageSettings, out_dir: str | Path, *,
                   tokenizer=None, dtype: torch.dtype = torch.float32, device: str | None = None,
                   qlora: LoraSettings | None = None, seed: int = 0,
-                  progress: bool = True) -> VariantResult:
+                  skip_missing_images: bool = False, progress: bool = True) -> VariantResult:
     """Stage 1 on manifest[data_lang]["pretrain"], stage 2 on manifest[data_lang]["instruct"].
 
     manifest: notebook 01's training/manifest.json (or its dict); template: the chat template
     (None: the LLM's from LLMS). qlora: stage 2 as QLoRA (4-bit LLM + LoRA) on one GPU.
     Stage 2 starts from the saved stage-1 model, so a resumed and an uninterrupted run start it
-    from identical weights."""
+    from identical weights. Before anything trains, every image the records name must exist
+    (ifl.train.preflight); skip_missing_images drops the records whose image is missing
+    instead, counted in out_dir/<name>/images.json."""
     from accelerate import Accelerator
 
     from ifl.train.assemble import assemble_llava, load_llava
-    from ifl.train.loop import RESULT
+    from ifl.train.loop import RESULT, load_records
     out = Path(out_dir) / spec.name
     accelerator = Accelerator()
     device = device or accelerator.device  # this process's GPU under `accelerate launch`
     wanted = recipe(spec, llm_path, vision_path, stage1, stage2, qlora)
     if (out / DONE).exists():
         if _same_recipe(out / DONE, wanted):
+            images = json.loads((out / IMAGES).read_text()) if (out / IMAGES).exists() else None
             return VariantResult(spec, out / "stage2" / "model", _losses(out / "stage1"),
-                                 _losses(out / "stage2"), cached=True)
+                                 _losses(out / "stage2"), cached=True, images=images)
         if accelerator.is_main_process:   # another recipe: its stages would refuse to resume
             shutil.rmtree(out)
         accelerator.wait_for_everyone()
@@ -165,26 +177,39 @@ def train_variant(spec: VariantSpec, llm_path: str | Path, vision_path: str | Pa
     # one image folder for both parts (miniature), or one per part (paper: LCS-558K's images
     # and LLaVA's playground/data differ)
     folders = manifest.get("image_folders") or {}
+    data, images = {}, []
+    for part in ("pretrain", "instruct"):  # both parts checked before stage 1 starts
+        data[part], report = check_images(
+            load_records(manifest[spec.data_lang][part]), folders.get(part, manifest.get("image_folder")),
+            skip_missing=skip_missing_images, name=f"{spec.data_lang} {part}")
+        images.append(report)
+    if accelerator.is_main_process:
+        write_json_atomic(out / IMAGES, images)
 
-    def run(model, processor, settings: StageSettings, stage: str, part: str) -> TrainResult:
+    def run(load, settings: StageSettings, stage: str, part: str) -> TrainResult:
+        """One stage; `load()` gives (model, processor), None when the stage is finished. The
+        model lives only in here: the result keeps paths, and its memory is given back before
+        the caller loads the next stage's model."""
         fmt = "plain" if settings.format == "plain" else chat
-        images = folders.get(part, manifest.get("image_folder"))
-        return train_stage(model, processor, manifest[spec.data_lang][part], images, fmt, settings,
-                           stage=stage, out_dir=out / f"stage{1 if stage == 'projector' else 2}",
-                           seed=seed, qlora=qlora if stage == "full" else None,
-                           progress=progress, **settings.extra)
+        folder = folders.get(part, manifest.get("image_folder"))
+        stage_dir = out / f"stage{1 if stage == 'projector' else 2}"
+        model, processor = load() if not (stage_dir / RESULT).exists() else (None, None)
+        res = train_stage(model, processor, data[part], folder, fmt, settings,
+                          stage=stage, out_dir=stage_dir,
+                          seed=seed, qlora=qlora if stage == "full" else None,
+                          progress=progress, **settings.extra)
+        res.model = model = processor = None
+        release_memory()
+        return res
 
-    model = processor = None  # a finished stage 1 is only read back: no need to load the LLM
-    if not (out / "stage1" / RESULT).exists():
-        model, processor = assemble_llava(llm_path, vision_path, tokenizer=tokenizer, dtype=dtype,
-                                          device=device, seed=seed)
-    res1 = run(model, processor, stage1, "projector", "pretrain")
-    del model
-    model, processor = load_llava(res1.model_dir, dtype=dtype, device=device,
-                                  quantization="4bit" if qlora else None)
-    res2 = run(model, processor, stage2, "full", "instruct")
+    res1 = run(lambda: assemble_llava(llm_path, vision_path, tokenizer=tokenizer, dtype=dtype,
+                                      device=device, seed=seed),
+               stage1, "projector", "pretrain")
+    res2 = run(lambda: load_llava(res1.model_dir, dtype=dtype, device=device,
+                                  quantization="4bit" if qlora else None),
+               stage2, "full", "instruct")
     if accelerator.is_main_process:
         write_json_atomic(out / DONE, {**wanted, "stage1_steps": res1.steps,
                                        "stage2_steps": res2.steps})
     accelerator.wait_for_everyone()
-    return VariantResult(spec, res2.model_dir, res1, res2)
+    return VariantResult(spec, res2.model_dir, res1, res2, images=images)

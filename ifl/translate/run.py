@@ -22,6 +22,7 @@ from typing import Protocol
 from tqdm import tqdm  # text bars: readable in notebooks, logs and terminals alike
 
 from ifl.data.languages import get as get_language
+from ifl.progress import report as report_progress
 from ifl.translate.store import Shard, TranslationStore, text_key
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ def translate_texts(texts: list[str], src: str, tgt: str, translator: Translator
                 batch = pending[start:start + batch_size]
                 failed += _translate_and_store(translator, batch, src, tgt, shard)
                 bar.update(len(batch))
+                report_progress(f"translate {src}->{tgt}", start + len(batch), len(pending))
             for _ in range(retries):
                 if not failed:
                     break

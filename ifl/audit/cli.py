@@ -1,0 +1,107 @@
+"""The command line: python -m ifl.audit MODEL [options] (see ifl/audit/__init__.py)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from ifl.audit.inputs import BENCHMARKS, AuditInputError, check_model, check_processor, load_benchmark
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ifl.audit",
+                                description="Measure image-induced fidelity loss of a vision-language model.")
+    p.add_argument("model", help="hub id or local folder (AutoModelForImageTextToText + AutoProcessor)")
+    p.add_argument("--languages", help="comma-separated ISO codes (default: the benchmark's)")
+    p.add_argument("--benchmark", default="shapes", help=f"one of {BENCHMARKS} or a task parquet")
+    p.add_argument("--n-per-language", type=int, default=20)
+    p.add_argument("--precision", choices=("bf16", "4bit", "fp32"), default="bf16")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--remedy", action="store_true", help="also collect steered replies")
+    p.add_argument("--layer", type=int, help="steering layer (default: one third of the depth)")
+    p.add_argument("--labels", help="annotated sheet (csv/parquet: task_id, condition, fidelity)")
+    p.add_argument("--out", help="output folder (default audits/<model-name>/)")
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    return p
+
+
+def _cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+def run_audit(model: str, *, languages=None, benchmark="shapes", n_per_language=20, precision="bf16",
+              batch_size=8, max_new_tokens=64, remedy=False, layer=None, labels=None, out=None,
+              device="cpu", identifier=None) -> Path:
+    """Run the audit; returns the output folder. Every input is checked before generation."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from ifl.audit.generate import collect
+    from ifl.audit.measure import dsl_table, fidelity_table, score
+    from ifl.audit.report import write_report
+    from ifl.compat import bnb_config, decoder_layers
+    from ifl.steer import default_layer, steering_prompts
+
+    name = Path(model.rstrip("/")).name
+    out = Path(out or Path("audits") / name)
+    tasks = load_benchmark(benchmark, languages, n_per_language)
+    check_model(model)
+    processor = check_processor(model)
+    sheet = _read_labels(labels) if labels else None
+    if remedy:
+        try:
+            steering_prompts(sorted(set(tasks["lang"])))
+        except KeyError as exc:
+            raise AuditInputError(f"--remedy: {exc.args[0]}") from None
+    dtype = {"bf16": torch.bfloat16, "4bit": torch.bfloat16, "fp32": torch.float32}[precision]
+    net = AutoModelForImageTextToText.from_pretrained(
+        model, dtype=dtype, quantization_config=bnb_config("4bit" if precision == "4bit" else None),
+        device_map={"": device}).eval()
+    try:
+        decoder_layers(net)
+    except ValueError as exc:
+        raise AuditInputError(f"unsupported architecture: {exc}") from None
+    layer = (default_layer(net) if layer is None else layer) if remedy else None
+    settings = dict(model=model, benchmark=benchmark, languages=sorted(set(tasks["lang"])),
+                    n_per_language=n_per_language, precision=precision, batch_size=batch_size,
+                    max_new_tokens=max_new_tokens, remedy=remedy, steering_layer=layer,
+                    labels=labels, model_class=type(net).__name__,
+                    processor_class=type(processor).__name__, n_tasks=len(tasks))
+    responses = collect(net, processor, tasks, out, model_name=name, remedy=remedy, layer=layer,
+                        max_new_tokens=max_new_tokens, batch_size=batch_size)
+    scored, lid_name = score(responses, tasks, identifier)
+    settings["language_identifier"] = lid_name
+    table = fidelity_table(scored)
+    ifl = dsl_table(scored, sheet) if sheet is not None else table
+    table.to_csv(out / "fidelity.csv", index=False)
+    scored.drop(columns=["model"]).to_parquet(out / "responses.parquet", index=False)
+    (out / "settings.json").write_text(json.dumps(settings, indent=1, default=str), encoding="utf-8")
+    write_report(out / "report.html", model_name=name, settings=settings, table=table,
+                 ifl_table=ifl, scored=scored, tasks=tasks)
+    return out
+
+
+def _read_labels(path: str) -> pd.DataFrame:
+    p = Path(path)
+    if not p.is_file():
+        raise AuditInputError(f"--labels: no file {p}")
+    return pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p)
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        out = run_audit(args.model, languages=args.languages.split(",") if args.languages else None,
+                        benchmark=args.benchmark, n_per_language=args.n_per_language,
+                        precision=args.precision, batch_size=args.batch_size,
+                        max_new_tokens=args.max_new_tokens, remedy=args.remedy, layer=args.layer,
+                        labels=args.labels, out=args.out, device=args.device)
+    except AuditInputError as exc:
+        print(f"ifl.audit: {exc}")
+        return 2
+    print(f"wrote {out / 'report.html'}")
+    return 0

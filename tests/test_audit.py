@@ -1,0 +1,90 @@
+"""python -m ifl.audit end to end, offline, on tiny random models of five classes; clear errors
+before any generation for bad inputs."""
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from ifl.audit.cli import main, run_audit
+from ifl.audit.inputs import AuditInputError
+from ifl.smoke.tiny_vlms import END_TO_END, write_tiny_vlms
+
+SMALL = dict(languages=["en", "de"], n_per_language=1, precision="fp32", batch_size=2,
+             max_new_tokens=4, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def vlms(tmp_path_factory):
+    return write_tiny_vlms(tmp_path_factory.mktemp("audit-vlms"))
+
+
+@pytest.mark.parametrize("name", END_TO_END)
+def test_audit_runs_end_to_end(name, vlms, tmp_path):
+    out = run_audit(str(vlms[name]), remedy=name == "tiny-llava-1.5", out=tmp_path / name, **SMALL)
+    table = pd.read_csv(out / "fidelity.csv")
+    assert list(table["lang"]) == ["de", "en"] and {"ifl", "ifl_lo", "ifl_hi"} <= set(table)
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "data:image/png;base64," in page and "cluster bootstrap by item" in page
+    responses = pd.read_parquet(out / "responses.parquet")
+    conditions = {"image", "text"} | ({"image_steered"} if name == "tiny-llava-1.5" else set())
+    assert set(responses["condition"]) == conditions and len(responses) == 2 * len(conditions)
+    assert json.loads((out / "settings.json").read_text())["processor_class"]
+
+
+def test_rerun_resumes_without_generating(vlms, tmp_path, monkeypatch):
+    model = str(vlms["tiny-llava-1.5"])
+    run_audit(model, out=tmp_path, **SMALL)
+    parts = sorted((tmp_path / "parts").glob("part-*.parquet"))
+    import transformers
+
+    monkeypatch.setattr(transformers.GenerationMixin, "generate",
+                        lambda *a, **k: pytest.fail("a resumed audit generated again"))
+    run_audit(model, out=tmp_path, **SMALL)
+    assert sorted((tmp_path / "parts").glob("part-*.parquet")) == parts
+
+
+def test_labels_give_dsl_estimates(vlms, tmp_path):
+    model = str(vlms["tiny-llava-1.5"])
+    out = run_audit(model, out=tmp_path / "a", **{**SMALL, "n_per_language": 6})
+    scored = pd.read_parquet(out / "responses.parquet")
+    sheet = scored[["task_id", "condition"]].assign(fidelity=scored["fidelity_lid"])
+    sheet.iloc[::2].to_csv(tmp_path / "labels.csv", index=False)
+    out = run_audit(model, out=tmp_path / "a", labels=str(tmp_path / "labels.csv"),
+                    **{**SMALL, "n_per_language": 6})
+    assert "DSL (annotated sample)" in (out / "report.html").read_text(encoding="utf-8")
+
+
+@pytest.fixture
+def no_generate(monkeypatch):
+    import transformers
+
+    monkeypatch.setattr(transformers.GenerationMixin, "generate",
+                        lambda *a, **k: pytest.fail("generated before the input check"))
+
+
+def test_clear_errors_before_generation(vlms, tmp_path, no_generate, capsys):
+    llava = vlms["tiny-llava-1.5"]
+    with pytest.raises(AuditInputError, match="cannot read a model config"):
+        run_audit(str(tmp_path / "nowhere"), out=tmp_path / "o", **SMALL)
+    text_only = tmp_path / "text-only"
+    text_only.mkdir()
+    (text_only / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(AuditInputError, match="does not load"):
+        run_audit(str(text_only), out=tmp_path / "o", **SMALL)
+    no_template = tmp_path / "no-template"
+    shutil.copytree(llava, no_template)
+    for f in no_template.glob("chat_template.*"):
+        f.unlink()
+    with pytest.raises(AuditInputError, match="no chat template"):
+        run_audit(str(no_template), out=tmp_path / "o", **SMALL)
+    with pytest.raises(AuditInputError, match="unknown language"):
+        run_audit(str(llava), out=tmp_path / "o", **{**SMALL, "languages": ["xx"]})
+    empty = tmp_path / "empty.parquet"
+    from ifl.data.schema import TASK_SCHEMA
+    TASK_SCHEMA.empty_table().to_pandas().to_parquet(empty)
+    with pytest.raises(AuditInputError, match="no tasks"):
+        run_audit(str(llava), benchmark=str(empty), out=tmp_path / "o",
+                  **{**SMALL, "languages": None})
+    assert main([str(llava), "--languages", "xx"]) == 2
+    assert "unknown language" in capsys.readouterr().out
