@@ -219,7 +219,7 @@ def test_stage_trains_only_its_parts(world, tmp_path, stage):
                                                        "lm_head", "vision_tower")}
     res = _train(world, model, proc, tmp_path / "s", stage=stage,
                  records="captions" if stage == "projector" else "instruct")
-    changed = {part: any(not torch.equal(p, dict(model.named_parameters())[n])
+    changed = {part: any(not torch.equal(p, dict(model.named_parameters())[n].cpu())
                          for n, p in ps.items()) for part, ps in before.items()}
     llm_trained = stage == "full"
     assert changed == {"multi_modal_projector": True, "language_model": llm_trained,
