@@ -224,7 +224,7 @@ def test_stage_trains_only_its_parts(world, tmp_path, stage):
                                                        "lm_head", "vision_tower")}
     res = _train(world, model, proc, tmp_path / "s", stage=stage,
                  records="captions" if stage == "projector" else "instruct")
-    changed = {part: any(not torch.equal(p, dict(model.named_parameters())[n])
+    changed = {part: any(not torch.equal(p, dict(model.named_parameters())[n].cpu())
                          for n, p in ps.items()) for part, ps in before.items()}
     llm_trained = stage == "full"
     assert changed == {"multi_modal_projector": True, "language_model": llm_trained,
@@ -273,7 +273,8 @@ def test_gradient_accumulation_equivalence(world, tmp_path):
                      max_grad_norm=None, warmup_ratio=0.0, scheduler="constant", adam_eps=1.0,
                      lr=1.0)
         results.append(res)
-    a, b = (r.model.state_dict() for r in results)
+    # compared on the CPU: on a GPU machine the engine trains on CUDA
+    a, b = ({k: v.cpu() for k, v in r.model.state_dict().items()} for r in results)
     assert any(not torch.equal(a[n], v) for n, v in _assemble(world)[0].state_dict().items())
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
@@ -284,7 +285,7 @@ def test_gradient_accumulation_equivalence(world, tmp_path):
         res = _train(world, *_assemble(world), tmp_path / f"mb{micro}", micro_batch=micro,
                      max_steps=1, max_grad_norm=None, warmup_ratio=0.0, scheduler="constant",
                      adam_eps=1.0, lr=1.0, loss_norm="micro_batch")
-        c = res.model.state_dict()
+        c = {k: v.cpu() for k, v in res.model.state_dict().items()}
         w = "model.multi_modal_projector.linear_2.weight"
         assert torch.allclose(a[w], c[w], rtol=0, atol=1e-6) == same
     with pytest.raises(ValueError, match="multiple of micro_batch"):
@@ -518,7 +519,7 @@ def test_bf16_projector_moves_at_small_lr(world, tmp_path):
     seen = {}
 
     def snapshot(step, row):
-        seen[step] = weight.detach().float().clone()
+        seen[step] = weight.detach().float().cpu()
     res = _train(world, model, proc, tmp_path / "bf16", stage="projector", records="captions",
                  lr=2e-5, max_steps=3, warmup_ratio=0.0, scheduler="constant", callback=snapshot)
     moved = (seen[3] != before).float().mean().item()
