@@ -18,7 +18,7 @@ plus ~40 text tokens of prompt, greedy, exactly `--max-new-tokens` (128) new tok
   for B >= n-single), all its overheads (image decoding, parquet parts) included.
 Every mode gets one warm-up generate first; peak GPU memory is reset before each mode. Speedup
 is against one-at-a-time of the same model and precision in the same run (runs on different
-machines differ by up to 2x: ANCHORS.md). `agree`: share of the one-at-a-time responses that the
+machines differ by up to 2x: docs/reference_figures.md). `agree`: share of the one-at-a-time responses that the
 batched run reproduced exactly (in bf16, kernels differ by batch shape, so < 1 is expected).
 
 --check: on the tiny model in float32 on CPU, prompts of different lengths (so left padding is

@@ -10,8 +10,8 @@ image:data. The learner sees the surrogate, the four factors and the answer leng
 Settings equal R's defaults: cross_fit 5, sample_split 10, the default (honest) forest learner;
 the last column times scikit-learn's forest (learner "forest-sklearn") for comparison.
 
-R baseline (R 4.2.2, dsl 0.1.0, grf 2.6.1, on this project's 2-core machine; copied from
-shared/reference/ANCHORS.md, "DSL" section): IFL-shaped data with 1k labels and 7
+R baseline (R 4.2.2, dsl 0.1.0, grf 2.6.1, on this project's 2-core machine; see
+docs/reference_figures.md): IFL-shaped data with 1k labels and 7
 coefficients took 6.6 s per sample split at 10k rows and 45.9 s at 50k; the fold indexing is
 quadratic in N, so R's time is extrapolated as t(N) = a + b N^2 through those two points.
 R runs 10 (identical) splits per fit by default.
@@ -30,7 +30,7 @@ import pandas as pd
 
 from ifl.dsl import dsl
 
-R_SECONDS_PER_SPLIT = {10_000: 6.6, 50_000: 45.9}  # ANCHORS.md
+R_SECONDS_PER_SPLIT = {10_000: 6.6, 50_000: 45.9}  # docs/reference_figures.md
 R_SPLITS = 10
 PAPER_FITS = 20
 PAPER_CPU_HOURS = 500

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from ifl.params_schema import Params
-from ifl.stage import pipeline, read_stage_record
+from ifl.stage import outputs, pipeline, read_stage_record
 
 FINDINGS = "findings.csv"  # runs/<run>/findings.csv, written by the notebooks that test a finding
 FINDING_COLUMNS = ("finding", "paper", "run", "ci_low", "ci_high", "agrees")
@@ -57,7 +57,7 @@ def write_index(params: Params, root: Path, *, params_file: str) -> Path:
         if record:
             result = html.escape(record["headline"])
             links = (f'<a href="{notebook.name}">notebook</a> · '
-                     f'<a href="{stage["name"]}.ipynb">.ipynb</a>')
+                     f'<a href="{stage["name"]}.ipynb">.ipynb</a>' + _output_links(run_dir, stage["name"], rendered))
         elif notebook.exists():
             result, links = "<em>failed: see the notebook</em>", f'<a href="{notebook.name}">notebook</a>'
         elif (root / "notebooks" / f"{stage['name']}.py").exists():
@@ -83,6 +83,12 @@ def write_index(params: Params, root: Path, *, params_file: str) -> Path:
     index.write_text(page, encoding="utf-8")
     return index
 
+
+def _output_links(run_dir: Path, name: str, rendered: Path) -> str:
+    """Links to the data files stage `name` declares (ifl/artifacts.csv) and has written."""
+    files = [run_dir / name / f for f in outputs(name).values() if (run_dir / name / f).is_file()]
+    return "".join(f'<br><small><a href="{_relative(f, rendered)}">{html.escape(f.name)}</a></small>'
+                   for f in files)
 
 def findings_table(path: Path) -> str:
     """The paper's value beside this run's, one row per finding of `findings.csv` (columns

@@ -1,7 +1,7 @@
 """The one adapter for transformers-version drift in LLaVA models. Nothing else in `ifl` may reach
 into a model's module tree or a layer's output type; everything goes through these functions.
 
-What drifted (shared/reference/STEERING_CKA_UMAP.md §1.2, checked on transformers 5.24):
+What drifted (docs/steering_cka_umap.md §1.2, checked on transformers 5.24):
 
 | thing                   | transformers >= 4.52 / 5.x                     | before 4.52 / 4.x                    |
 |-------------------------|------------------------------------------------|--------------------------------------|

@@ -1,7 +1,7 @@
 """Reading and writing the LLM's residual stream at one named site, through forward hooks that
 always come off again (context managers, try/finally) and never edit a tensor in place.
 
-Site convention (shared/reference/STEERING_CKA_UMAP.md §0), written beside every result:
+Site convention (docs/steering_cka_umap.md §0), written beside every result:
 
     index 0      the LLM's input: the input of decoder layer 0 (text-token embeddings and the
                  projector's image features, merged; Gemma's sqrt(width) scale included)
@@ -78,7 +78,7 @@ def add_to_layer(model: nn.Module, layer: int, vector: torch.Tensor,
     Positions are read from the `position_ids` the layer receives, never from the slice of
     the sequence this forward happens to carry: with a KV cache a decode step carries one
     column, without one it carries all, and the absolute position is the same either way (a
-    relative slice would silently stop steering once the cache is on: reference §1.3)."""
+    relative slice would silently stop steering once the cache is on: docs/steering_cka_umap.md §1.3)."""
     block = decoder_layers(model)[layer]
 
     def hook(mod, args, kwargs, out):

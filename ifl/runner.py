@@ -33,7 +33,7 @@ from ifl.params import (ParamsError, check_files, defaulted_blocks, dump, load_p
 from ifl.params_schema import Params
 from ifl.progress import Board, done_line, kernel_options
 from ifl.runlock import RunLockedError, run_lock
-from ifl.stage import STAGE_FILE, pipeline
+from ifl.stage import STAGE_FILE, pipeline, prerequisites
 
 NOTEBOOK_DIR = Path("notebooks")
 KERNEL = "ifl"
@@ -259,16 +259,15 @@ def _quiet_kernel_shutdown():
 
 
 def _check_prerequisites(params: Params, selected: list[str], root: Path) -> None:
-    """A selected notebook whose inputs are neither selected before it nor saved: stop now."""
+    """A selected notebook whose inputs (ifl/artifacts.csv) are neither selected before it nor
+    saved: stop now."""
     run_dir, _ = _layout(params, root)
-    by_number = {row["number"]: row for row in pipeline()}
     for name in selected:
-        number = name.split("_", 1)[0]
-        for req in by_number[number]["requires"].split():
-            req_name = by_number[req]["name"]
+        for req_name in prerequisites(name):
             will_run = req_name in selected and selected.index(req_name) < selected.index(name)
             done_mark = run_dir / req_name / STAGE_FILE
             if not will_run and not done_mark.exists():
+                req = req_name.split("_", 1)[0]
                 why = (f"{done_mark} is missing (it is written when {req_name} finishes)"
                        if done_mark.parent.is_dir() else f"{done_mark.parent} does not exist")
                 raise ParamsError(

@@ -1,4 +1,6 @@
-"""Notebook 04: score every response's language (the surrogate) and, where known, the gold truth.
+"""Scoring a response: its language (the surrogate), fidelity, accuracy and, where known, the
+gold truth. Notebook 04 scores every response with it, and notebook 07 rescores its steered
+responses with the same functions and the identifier notebook 04 recorded.
 
 One scored row per (model, task_id, condition), with:
   lid_label, lid_parsed, fidelity_lid   language ID (GlotLID v3 or its fallback) and the paper's
@@ -78,11 +80,45 @@ def miniature_gold(scored: pd.DataFrame, *, annotator_error_rate: float, seed: i
     out["fidelity_gold"] = (out["gold_lang"] == out["lang"]).astype(float)
     out["correct_gold"] = [float(_mini_correct(r, row)) for r, (_, row) in
                            zip(out["response"].fillna(""), out.iterrows())]
-    # A cheap surrogate for accuracy (the paper's was a GPT-4o judge): the reference appears
-    # verbatim in the response. It misses inflected or paraphrased answers, which DSL corrects.
-    out["correct_surrogate"] = [float(bool(ref) and str(ref).lower() in str(r).lower())
-                                for r, ref in zip(out["response"].fillna(""), out["reference"])]
     return out
+
+
+def accuracy_surrogate(responses: pd.Series, references: pd.Series) -> list[float]:
+    """A cheap surrogate for accuracy (the paper's was a GPT-4o judge): 1.0 if the reference
+    answer appears verbatim (case-insensitive) in the response. It misses paraphrases and
+    inflections, which DSL corrects.
+
+    >>> accuracy_surrogate(pd.Series(["A Red square", None]), pd.Series([" red ", "x"]))
+    [1.0, 0.0]
+    """
+    return [float(bool(ref) and str(ref).strip().lower() in str(r).lower())
+            for r, ref in zip(responses.fillna(""), references.fillna(""))]
+
+
+def exact_fidelity(scored: pd.DataFrame) -> np.ndarray:
+    """Miniature: 1.0 where the exact word rule finds the response in the query's language (no
+    simulated annotator), else 0.0."""
+    from ifl.data.miniature import gold_language
+
+    return np.array([float(gold_language(r or "") == lang)
+                     for r, lang in zip(scored["response"].fillna(""), scored["lang"])])
+
+
+def identifier_settings(kind: str, source: str, revision: str | None) -> dict:
+    """What picks a language identifier, as notebook 04 records it (identifier.json)."""
+    return {"identifier": kind, "glotlid_source": source, "glotlid_revision": revision}
+
+
+def load_identifier_from(settings: dict) -> Identifier:
+    """The language identifier `settings` (identifier_settings) name: 'fallback' is the bundled
+    one; 'glotlid' and 'auto' load GlotLID from its source ('auto' falls back when it cannot)."""
+    from ifl.langid import load_fallback, load_identifier
+
+    if settings["identifier"] == "fallback":
+        return load_fallback()
+    kwargs = {} if settings.get("glotlid_revision") is None else {"revision": settings["glotlid_revision"]}
+    return load_identifier(settings["glotlid_source"], allow_fallback=settings["identifier"] == "auto",
+                           **kwargs)
 
 
 def _mini_correct(response: str, row: pd.Series) -> bool:

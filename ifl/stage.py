@@ -30,8 +30,51 @@ STAGE_FILE = "stage.json"
 
 def pipeline() -> list[dict[str, str]]:
     """The seven stages of the paper as a table (ifl/pipeline.csv): number, name, title, ..."""
-    text = resources.files("ifl").joinpath("pipeline.csv").read_text(encoding="utf-8")
+    return _read_table("pipeline.csv")
+
+
+def artifacts() -> list[dict[str, str]]:
+    """What each stage writes, declared once (ifl/artifacts.csv): stage (number), artifact,
+    file (inside the stage's folder), read_by (numbers of the stages that need it), what."""
+    return _read_table("artifacts.csv")
+
+
+def stage_name(number: str) -> str:
+    """'04' -> '04_score_languages'."""
+    names = {row["number"]: row["name"] for row in pipeline()}
+    if number not in names:
+        raise KeyError(f"no stage numbered {number!r} in ifl/pipeline.csv (have {', '.join(names)})")
+    return names[number]
+
+
+def prerequisites(name: str) -> list[str]:
+    """The stages whose outputs stage `name` reads (from ifl/artifacts.csv), in pipeline order.
+
+    >>> prerequisites("07_steering")
+    ['01_translate_data', '03_collect_responses', '04_score_languages']
+    """
+    number = name.split("_", 1)[0]
+    needed = {row["stage"] for row in artifacts() if number in row["read_by"].split()}
+    return [row["name"] for row in pipeline() if row["number"] in needed]
+
+
+def outputs(name: str) -> dict[str, str]:
+    """{artifact: file} that stage `name` declares."""
+    number = name.split("_", 1)[0]
+    return {row["artifact"]: row["file"] for row in artifacts() if row["stage"] == number}
+
+
+def _read_table(filename: str) -> list[dict[str, str]]:
+    text = resources.files("ifl").joinpath(filename).read_text(encoding="utf-8")
     return list(csv.DictReader(text.splitlines()))
+
+
+def _artifact(name: str) -> dict[str, str]:
+    rows = [row for row in artifacts() if row["artifact"] == name]
+    if len(rows) != 1:
+        raise KeyError(f"artifact {name!r} is declared {len(rows)} times in ifl/artifacts.csv "
+                       f"(known: {', '.join(row['artifact'] for row in artifacts())})")
+    return rows[0]
 
 
 class MissingStageError(RuntimeError):
@@ -74,6 +117,32 @@ class Stage:
                 f"({folder / missing[0]} is missing). Run it first: "
                 f"./run_all.sh <params> --only {number}")
         return folder
+
+    def input(self, artifact: str) -> Path:
+        """The file of an earlier stage's `artifact` (ifl/artifacts.csv), which must list this
+        stage among its readers; raise naming the notebook to run if it is not there."""
+        row = _artifact(artifact)
+        number = self.name.split("_", 1)[0]
+        if number not in row["read_by"].split():
+            raise KeyError(f"{self.name} reads {artifact!r}, but ifl/artifacts.csv does not list "
+                           f"{number} among its readers: declare it there")
+        return self.require(stage_name(row["stage"]), row["file"]) / row["file"]
+
+    def optional_input(self, artifact: str) -> Path | None:
+        """Like `input`, but None when that stage has not run (e.g. no variants in a run of
+        off-the-shelf models only)."""
+        try:
+            return self.input(artifact)
+        except MissingStageError:
+            return None
+
+    def output(self, artifact: str) -> Path:
+        """Where this stage writes its declared `artifact` (parent folders created)."""
+        row = _artifact(artifact)
+        if stage_name(row["stage"]) != self.name:
+            raise KeyError(f"{artifact!r} is an output of stage {row['stage']}, not of {self.name} "
+                           "(ifl/artifacts.csv)")
+        return self.path(row["file"])
 
     def save_figure(self, fig: Any, name: str) -> tuple[Path, Path]:
         """Save a matplotlib figure as `paper_figures/<run>/<name>.png` and `.pdf`, each

@@ -12,7 +12,7 @@ in the miniature the world's own "describe in detail" sentence, the only one its
         model.generate(...)
     collect_responses(..., steering=LanguageSteering.of(vec, "de"))   # notebook 07
 
-Choices where the paper is silent (shared/reference/STEERING_CKA_UMAP.md §0, §1.4):
+Choices where the paper is silent (docs/steering_cka_umap.md §0, §1.4):
 - layer l is a 0-based index into the decoder ModuleList; its site is the block's output, i.e.
   hidden_states[l + 1] (`ifl.hooks.convention`, saved with every result);
 - LLM_l(x) is read with a hook at that same site, on a text-only forward of the raw sentence
@@ -105,7 +105,7 @@ def read_state(model, tokenizer, text: str, layer: int, *, pool: str = "mean",
 @dataclass
 class SteeringVector:
     """a_lang and how it was made; `diagnostics` flags a direction dominated by a few
-    coordinates (top2_share above ~0.5: see reference §1.4 item 4)."""
+    coordinates (top2_share above ~0.5: see docs/steering_cka_umap.md §1.4 item 4)."""
     vector: torch.Tensor   # [hidden] float32, CPU
     lang: str
     settings: dict

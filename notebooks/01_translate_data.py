@@ -38,7 +38,9 @@
 # record's meaning in the target language, with an error rate standing in for NLLB's noise.
 
 # %% tags=["parameters"]
-# Defaults = params/default.yaml; the runner injects the params file's values below this cell.
+# The values of params/default.yaml (the miniature world); the runner injects the chosen params
+# file's values below this cell. A key a params file leaves out takes the schema default
+# (ifl/params_schema.py), which is the paper's setting where the two differ: docs/params.md.
 run_name = "default"
 seed = 0
 world = "miniature"
@@ -88,14 +90,12 @@ import pandas as pd
 from IPython.display import display
 from PIL import Image
 
-from ifl import prepare_miniature, prepare_paper
 from ifl.data.schema import write_tasks
-from ifl.params import from_notebook
-from ifl.stage import open_stage
+from ifl.runtime import begin
+from ifl.stages import translate_data as stage01
 from ifl.translate import TranslationStore
 
-common, p = from_notebook(globals(), "01_translate_data")  # the same schema as the params file
-stage = open_stage("01_translate_data", output_root=common.output_root, run_name=common.run_name)
+common, p, stage, device = begin(globals(), "01_translate_data")
 print(f"world={common.world}, languages={common.languages}, outputs in {stage.dir}")
 
 # %% [markdown]
@@ -108,14 +108,11 @@ print(f"world={common.world}, languages={common.languages}, outputs in {stage.di
 
 # %%
 store = TranslationStore(stage.path("translations"))  # resumable: a rerun translates only what is missing
-if common.world == "paper":
-    translators = prepare_paper.translator_factory(p, common.device)
-    tasks = prepare_paper.build_tasks(p, common.languages, translators, store)
-else:
-    tasks = prepare_miniature.build_tasks(p, common.languages, common.seed)
-write_tasks(tasks, stage.path("tasks.parquet"))
-counts = tasks.groupby(["lang", "benchmark"]).size().unstack(fill_value=0)
-counts["total"] = counts.sum(axis=1)
+translators = stage01.translator_factory(p, device)  # built on first use (the paper world's only)
+tasks = stage01.build_tasks(p, common.world, common.languages, seed=common.seed,
+                            translators=translators, store=store)
+write_tasks(tasks, stage.output("tasks"))
+counts = stage01.task_counts(tasks)
 display(counts)
 
 # %% [markdown]
@@ -125,7 +122,7 @@ display(counts)
 
 # %%
 if common.world == "paper":
-    display(prepare_paper.paper_counts(tasks))
+    display(stage01.paper_counts(tasks))
 
 fig, ax = plt.subplots(figsize=(7, 3))
 counts.drop(columns="total").plot.bar(stacked=True, ax=ax)
@@ -140,9 +137,7 @@ plt.show()
 # image in the text-only condition.
 
 # %%
-with_image = tasks[tasks["image"].notna()]
-example_id = with_image["parallel_id"].value_counts().idxmax()
-example = tasks[tasks["parallel_id"] == example_id]
+example = stage01.example_item(tasks)
 display(Image.open(io.BytesIO(example["image"].iloc[0])).resize((128, 128), Image.NEAREST))
 with pd.option_context("display.max_colwidth", 120):
     display(example[["lang", "question", "description", "description_lang", "reference"]])
@@ -155,24 +150,14 @@ with pd.option_context("display.max_colwidth", 120):
 # structure are kept; only the text of each turn is translated.
 
 # %%
-if common.world == "paper":
-    manifest = prepare_paper.build_training_data(p, stage.dir / "training", translators, store)
-else:
-    manifest = prepare_miniature.build_training_data(p, stage.dir / "training", common.seed)
-langs = [lang for lang in manifest if lang != "image_folder"]
-records = {lang: {part: json.loads(open(path, encoding="utf-8").read()) for part, path in manifest[lang].items()}
-           for lang in langs}
+manifest = stage01.build_training_data(p, common.world, stage.output("training_manifest").parent,
+                                       seed=common.seed, translators=translators, store=store)
+records = stage01.read_training_records(manifest)
 display(pd.DataFrame({lang: {part: len(recs) for part, recs in parts.items()} for lang, parts in records.items()}))
 
 # %%
-first_id = records["en"]["instruct"][0]["id"]
-side_by_side = {}
-for lang in langs:
-    match = [r for r in records[lang]["instruct"] if r["id"] == first_id]
-    if match:
-        side_by_side[lang] = [turn["value"] for turn in match[0]["conversations"]]
 with pd.option_context("display.max_colwidth", 100):
-    display(pd.DataFrame(side_by_side))
+    display(stage01.first_conversation_side_by_side(records))
 
 # %% [markdown]
 # ### What the translation error rate does (miniature)
@@ -185,9 +170,9 @@ with pd.option_context("display.max_colwidth", 100):
 
 # %%
 if common.world == "miniature":
-    effect = prepare_miniature.error_rate_effect(records["en"]["instruct"][:1000], p.training_languages[0],
-                                                 [0.0, 0.05, 0.1, 0.2, 0.4], common.seed)
-    effect.to_csv(stage.path("error_rate_effect.csv"), index=False)
+    effect = stage01.error_rate_effect(records["en"]["instruct"][:1000], p.training_languages[0],
+                                       stage01.ERROR_RATES, common.seed)
+    effect.to_csv(stage.output("error_rate_effect"), index=False)
     display(effect.round(3))
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.plot(effect["error_rate"], effect["corrupted_share"], marker="o", label="sentences corrupted")
@@ -201,12 +186,8 @@ if common.world == "miniature":
 # ## Summary
 
 # %%
-summary = {"tasks": len(tasks), "languages": int(tasks["lang"].nunique()),
-           "benchmarks": sorted(tasks["benchmark"].unique()),
-           "training_records": {lang: {part: len(r) for part, r in parts.items()} for lang, parts in records.items()}}
-stage.path("summary.json").write_text(json.dumps(summary, indent=2))
-headline = (f"{len(tasks):,} tasks in {summary['languages']} languages over {len(summary['benchmarks'])} "
-            f"benchmarks; training data in {', '.join(langs)} "
-            f"({sum(len(r) for r in records['en'].values()):,} English records)")
+headline, summary = stage01.summary(tasks, records)
+stage.output("summary").write_text(json.dumps(summary, indent=2))
 stage.finish(headline, **summary)
 print(headline)
+

@@ -44,7 +44,9 @@
 # Its results are about these toy models, not the paper's.
 
 # %% tags=["parameters"]
-# Defaults = params/default.yaml; the runner injects the params file's values below this cell.
+# The values of params/default.yaml (the miniature world); the runner injects the chosen params
+# file's values below this cell. A key a params file leaves out takes the schema default
+# (ifl/params_schema.py), which is the paper's setting where the two differ: docs/params.md.
 run_name = "default"
 seed = 0
 world = "miniature"
@@ -103,18 +105,13 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
 
-from ifl import prepare_variants
 from ifl.data.schema import read_tasks
-from ifl.params import from_notebook
-from ifl.stage import open_stage
+from ifl.runtime import begin
+from ifl.stages import train_variants as stage02
 
-common, p = from_notebook(globals(), "02_train_variants")
-stage = open_stage("02_train_variants", output_root=common.output_root, run_name=common.run_name)
-data_dir = stage.require("01_translate_data", "training/manifest.json", "tasks.parquet")
-manifest = json.loads((data_dir / "training/manifest.json").read_text())
-tasks = read_tasks(data_dir / "tasks.parquet")
-device = "cuda" if common.device == "auto" and __import__("torch").cuda.is_available() else (
-    "cpu" if common.device == "auto" else common.device)
+common, p, stage, device = begin(globals(), "02_train_variants")
+manifest = json.loads(stage.input("training_manifest").read_text())
+tasks = read_tasks(stage.input("tasks"))
 
 # %% [markdown]
 # ## The components
@@ -126,15 +123,12 @@ device = "cuda" if common.device == "auto" and __import__("torch").cuda.is_avail
 
 # %%
 if common.world == "miniature":
-    components = prepare_variants.miniature_components(p, stage.dir / "components", common.seed)
+    components = stage02.miniature_components(p, stage.dir / "components", common.seed)
     llm_paths = vision_paths = components["paths"]
-    metrics = components["metrics"]
-    metrics.to_csv(stage.path("component_metrics.csv"), index=False)
-    lm = metrics[metrics["kind"] == "lm"].pivot_table(index=["component", "metric"], columns="lang",
-                                                      values="value", aggfunc="first")
-    display(lm.round(2))
-    display(metrics[metrics["kind"] == "tower"].pivot_table(index="component", columns="metric",
-                                                            values="value", aggfunc="first").round(3))
+    components["metrics"].to_csv(stage.output("component_metrics"), index=False)
+    lm_table, tower_table = stage02.component_tables(components["metrics"])
+    display(lm_table.round(2))
+    display(tower_table.round(3))
 else:
     llm_paths, vision_paths = p.llm_sources, p.vision_sources
     # LCS-558K and LLaVA's playground/data are separate image folders
@@ -145,7 +139,7 @@ else:
 # ## The design space (Table 3)
 
 # %%
-space = pd.DataFrame([vars(s) for s in prepare_variants.specs(p)])
+space = stage02.design_space_table(p)
 display(space.pivot_table(index="llm", columns=["vision", "data_lang"], values="name", aggfunc="count",
                           fill_value=0))
 print(f"{len(space)} variants")
@@ -156,21 +150,14 @@ print(f"{len(space)} variants")
 # resumes from its last checkpoint.
 
 # %%
-trained = prepare_variants.train_all(p, common.world, llm_paths, vision_paths, manifest,
-                                     stage.dir / "variants", device=device, seed=common.seed)
-trained.to_csv(stage.path("variants.csv"), index=False)
+trained = stage02.train_all(p, common.world, llm_paths, vision_paths, manifest,
+                            stage.dir / "variants", device=device, seed=common.seed)
+trained.to_csv(stage.output("variants"), index=False)
 display(trained.drop(columns="model_dir").round(3))
 
 # %%
-curves = prepare_variants.loss_curves(stage.dir / "variants", trained["variant"].tolist())
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.5), sharey=False)
-for ax, (stage_name, title) in zip(axes, [("stage1", "stage 1: projector on captions"),
-                                         ("stage2", "stage 2: projector + LLM on conversations")]):
-    for name, part in curves[curves["stage"] == stage_name].groupby("variant"):
-        ax.plot(part["step"], part["loss"].rolling(5, min_periods=1).mean(), label=name, lw=1)
-    ax.set_title(title); ax.set_xlabel("optimizer step"); ax.set_ylabel("answer-token loss")
-axes[1].legend(fontsize=6, ncol=2)
-stage.save_figure(fig, "02_training_curves")
+curves = stage02.loss_curves(stage.dir / "variants", trained["variant"].tolist())
+stage.save_figure(stage02.plot_loss_curves(curves), "02_training_curves")
 plt.show()
 
 # %% [markdown]
@@ -195,27 +182,21 @@ plt.show()
 # last column of the first table).
 
 # %%
+sanity = None
 if common.world == "miniature":
-    sanity = prepare_variants.sanity_check(trained, tasks, stage.dir / "sanity",
-                                           n_scenes=p.mini_eval_scenes, device=device)
-    sanity.to_csv(stage.path("sanity.csv"), index=False)
+    sanity = stage02.sanity_check(trained, tasks, stage.dir / "sanity",
+                                  n_scenes=p.mini_eval_scenes, device=device)
+    sanity.to_csv(stage.output("sanity"), index=False)
     display(sanity[["variant", "data_lang", "n", "accuracy", "chance", "accuracy_one_object",
                     "accuracy_several_objects", "answer_in_training_language"]].round(3))
-    by_type = prepare_variants.accuracy_by_type(sanity)
-    display(by_type.round(3))
-    headline_check = (f"accuracy in the training language {sanity['accuracy'].min():.0%}-"
-                      f"{sanity['accuracy'].max():.0%} (chance {sanity['chance'].mean():.0%}; "
-                      f"one-object scenes {sanity['accuracy_one_object'].min():.0%}-"
-                      f"{sanity['accuracy_one_object'].max():.0%})")
-else:
-    headline_check = "real-world accuracy is scored in notebook 04"
+    display(stage02.accuracy_by_type(sanity).round(3))
 
 # %% [markdown]
 # ## Summary
 
 # %%
-headline = (f"{len(trained)} variants trained ({trained['seconds'].sum() / 60:.1f} min this run); "
-            f"{headline_check}")
+headline = stage02.headline(trained, sanity)
 stage.finish(headline, variants=trained["variant"].tolist(),
              model_dirs=dict(zip(trained["variant"], trained["model_dir"])))
 print(headline)
+

@@ -46,7 +46,9 @@
 # VisIT) benchmarks in six languages.
 
 # %% tags=["parameters"]
-# Defaults = params/default.yaml; the runner injects the params file's values below this cell.
+# The values of params/default.yaml (the miniature world); the runner injects the chosen params
+# file's values below this cell. A key a params file leaves out takes the schema default
+# (ifl/params_schema.py), which is the paper's setting where the two differ: docs/params.md.
 run_name = "default"
 seed = 0
 world = "miniature"
@@ -65,38 +67,35 @@ batch_size = 64
 dtype = "float32"
 quantization = "none"
 threads = 2
+precision_check = False
+precision_check_items = 50
 
 # %%
 import matplotlib.pyplot as plt
 import pandas as pd
-import torch
 from IPython.display import display
 
-from ifl import prepare_collect
 from ifl.data.schema import read_tasks
-from ifl.params import from_notebook
-from ifl.stage import open_stage
+from ifl.runtime import begin
+from ifl.stage import write_json_atomic
+from ifl.stages import collect_responses as stage03
 
-common, p = from_notebook(globals(), "03_collect_responses")
-stage = open_stage("03_collect_responses", output_root=common.output_root, run_name=common.run_name)
-tasks_dir = stage.require("01_translate_data", "tasks.parquet")
-all_tasks = read_tasks(tasks_dir / "tasks.parquet")
-variants_csv = stage.run_dir / "02_train_variants" / "variants.csv"
-variants = pd.read_csv(variants_csv) if variants_csv.exists() else None
-device = ("cuda" if torch.cuda.is_available() else "cpu") if common.device == "auto" else common.device
+common, p, stage, device = begin(globals(), "03_collect_responses")
+all_tasks = read_tasks(stage.input("tasks"))
+variants_csv = stage.optional_input("variants")  # a run of off-the-shelf models only has none
+variants = pd.read_csv(variants_csv) if variants_csv is not None else None
 responses_dir = stage.run_dir / "responses"  # shared with notebook 07's steered runs
 
 # %% [markdown]
 # ## Models and tasks
 
 # %%
-models = prepare_collect.models_table(p, common.world, variants)
-models.to_csv(stage.path("models.csv"), index=False)
+models = stage03.models_table(p, common.world, variants)
+models.to_csv(stage.output("models"), index=False)
 display(models.drop(columns=["revision"]))
 
-tasks = prepare_collect.select_tasks(all_tasks, benchmarks=p.benchmarks,
-                                     max_per_cell=p.max_tasks_per_cell,
-                                     languages=common.languages, seed=common.seed)
+tasks = stage03.select_tasks(all_tasks, benchmarks=p.benchmarks, max_per_cell=p.max_tasks_per_cell,
+                             languages=common.languages, seed=common.seed)
 n_total = len(models) * len(tasks) * len(p.conditions)
 display(tasks.pivot_table(index="lang", columns="benchmark", values="task_id", aggfunc="count",
                           fill_value=0))
@@ -109,9 +108,10 @@ print(f"{len(models)} models x {len(tasks)} tasks x {len(p.conditions)} conditio
 # Stored responses are read back; only missing ones are generated (the table says which).
 
 # %%
-responses, timing = prepare_collect.collect_all(models, tasks, responses_dir, p, device=device)
-responses.to_parquet(stage.path("responses.parquet"), index=False)
-timing.to_csv(stage.path("timing.csv"), index=False)
+responses, timing = stage03.collect_all(models, tasks, responses_dir, p, device=device)
+responses.to_parquet(stage.output("responses"), index=False)
+timing.to_csv(stage.output("timing"), index=False)
+write_json_atomic(stage.output("generation"), stage03.generation_settings(p, device))
 display(timing)
 
 # %% [markdown]
@@ -129,7 +129,7 @@ if p.precision_check:
                       n_items=p.precision_check_items, seed=common.seed, device=device,
                       dtype="bfloat16", predict=load_identifier().predict,
                       max_new_tokens=p.max_new_tokens, batch_size=p.batch_size, progress=False)
-    check.to_csv(stage.path("precision_check.csv"), index=False)
+    check.to_csv(stage.output("precision_check"), index=False)
     display(check.round(3))
 
 # %% [markdown]
@@ -138,13 +138,7 @@ if p.precision_check:
 # per completion (stored rows keep the time measured when they were made).
 
 # %%
-summary = (responses.merge(tasks[["task_id", "benchmark"]], on="task_id")
-           .groupby(["benchmark", "condition"])
-           .agg(completions=("response", "size"), mean_new_tokens=("n_new_tokens", "mean"),
-                empty=("response", lambda s: int((s.str.strip() == "").sum())),
-                hit_limit=("n_new_tokens", lambda s: float((s >= p.max_new_tokens).mean())),
-                s_per_completion=("seconds", "mean")))
-display(summary.round(3))
+display(stage03.answer_lengths(responses, tasks, p.max_new_tokens).round(3))
 
 per_model = responses.groupby("model")["seconds"].mean().sort_values()
 fig, ax = plt.subplots(figsize=(7, 0.25 * len(per_model) + 1))
@@ -158,23 +152,16 @@ plt.show()
 # The same parallel item answered by the first model, with the image and with the description.
 
 # %%
-first = models["model"].iloc[0]
-item = tasks["parallel_id"].iloc[0]
-example = (responses[responses["model"] == first]
-           .merge(tasks[["task_id", "parallel_id", "lang", "question"]], on="task_id")
-           .query("parallel_id == @item")
-           .pivot_table(index=["lang", "question"], columns="condition", values="response",
-                        aggfunc="first"))
 with pd.option_context("display.max_colwidth", 80):
-    display(example)
+    display(stage03.example_answers(responses, tasks, models["model"].iloc[0]))
 
 # %% [markdown]
 # ## Summary
 
 # %%
-generated = int(timing["generated_now"].sum())
-headline = (f"{len(responses):,} responses from {len(models)} models "
-            f"({generated:,} generated now in {timing['wall_s'].sum() / 60:.1f} min)")
+headline = stage03.headline(responses, models, timing)
 stage.finish(headline, n_responses=len(responses), n_models=len(models), n_tasks=len(tasks),
-             generated_now=generated, device=device, responses_dir=str(responses_dir))
+             generated_now=int(timing["generated_now"].sum()), device=device,
+             responses_dir=str(responses_dir))
 print(headline)
+

@@ -45,7 +45,9 @@
 # params, off by default), debiased by the annotated `correct` column.
 
 # %% tags=["parameters"]
-# Defaults = params/default.yaml; the runner injects the params file's values below this cell.
+# The values of params/default.yaml (the miniature world); the runner injects the chosen params
+# file's values below this cell. A key a params file leaves out takes the schema default
+# (ifl/params_schema.py), which is the paper's setting where the two differ: docs/params.md.
 run_name = "default"
 seed = 0
 world = "miniature"
@@ -65,37 +67,33 @@ judge_model = None
 
 # %%
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
-import seaborn as sns
 from IPython.display import display
 
-from ifl import prepare_score
 from ifl.data.schema import read_tasks
-from ifl.params import from_notebook
+from ifl.runtime import begin
 from ifl.score import fidelity_table
-from ifl.stage import open_stage
+from ifl.stage import write_json_atomic
+from ifl.stages import score_languages as stage04
 
-common, p = from_notebook(globals(), "04_score_languages")
-stage = open_stage("04_score_languages", output_root=common.output_root, run_name=common.run_name)
-collected = stage.require("03_collect_responses", "responses.parquet", "models.csv")
-tasks = read_tasks(stage.require("01_translate_data", "tasks.parquet") / "tasks.parquet")
-responses = pd.read_parquet(collected / "responses.parquet")
-models = pd.read_csv(collected / "models.csv")
+common, p, stage, device = begin(globals(), "04_score_languages")
+tasks = read_tasks(stage.input("tasks"))
+responses = pd.read_parquet(stage.input("responses"))
+models = pd.read_csv(stage.input("models"))
 
 # %% [markdown]
 # ## Language identification (the surrogate)
 
 # %%
-lid = prepare_score.identifier_for(p)
+lid, lid_settings = stage04.identifier_for(p)
+write_json_atomic(stage.output("identifier"), lid_settings)  # notebook 07 rescores with the same
 print("identifier:", lid.name)
-scored = prepare_score.score_responses(responses, tasks, models, lid)
+scored = stage04.score_responses(responses, tasks, models, lid)
 if p.judge_endpoint:
     from ifl.judge import judge_accuracy
     scored["correct_surrogate"] = judge_accuracy(scored, endpoint=p.judge_endpoint, model=p.judge_model,
                                                  cache=stage.path("judge_cache.jsonl"))
-empty = scored["response"].fillna("").str.strip() == ""
-print(f"{len(scored):,} responses scored; {int(empty.sum())} empty (label {scored.loc[empty, 'lid_label'].iloc[0] if empty.any() else '-'})")
+print(stage04.empty_note(scored))
 
 # %% [markdown]
 # ## The annotation sample
@@ -103,9 +101,9 @@ print(f"{len(scored):,} responses scored; {int(empty.sum())} empty (label {score
 # `runs/<run>/04_score_languages/annotation_sheet.csv` (or beside it, if that one holds labels).
 
 # %%
-sheet = stage.path("annotation_sheet.csv")
-scored = prepare_score.annotate(scored, p, world=common.world, seed=common.seed, sheet_path=sheet)
-scored.to_parquet(stage.path("scored.parquet"), index=False)
+scored = stage04.annotate(scored, p, world=common.world, seed=common.seed,
+                          sheet_path=stage.output("annotation_sheet"))
+scored.to_parquet(stage.output("scored"), index=False)
 labeled = scored[scored["labeled"] == 1]
 print(f"{len(labeled)} of {len(scored):,} responses labeled"
       + (" (stand-in annotator: smoke test only)" if p.simulate_annotations and common.world == "paper" else ""))
@@ -120,18 +118,11 @@ display(labeled.pivot_table(index="lang", columns="benchmark", values="labeled",
 
 # %%
 table = fidelity_table(scored)
-table.round(3).to_csv(stage.path("surrogate_fidelity.csv"))
+table.round(3).to_csv(stage.output("surrogate_fidelity"))
 by_model = fidelity_table(scored.assign(lang="all", benchmark="all")).droplevel(["benchmark", "lang"])
 display(by_model.round(3))
-
-by_lang = table.reset_index().groupby(["lang", "benchmark"])[["image", "text"]].mean()
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
-for ax, bench in zip(axes, sorted(scored["benchmark"].unique())[:2]):
-    part = by_lang.xs(bench, level="benchmark") if bench in by_lang.index.get_level_values(1) else by_lang
-    part.plot.bar(ax=ax, rot=0)
-    ax.set_title(f"{bench}: mean surrogate fidelity over models"); ax.set_ylim(0, 1.05)
-    ax.set_xlabel("query language")
-stage.save_figure(fig, "04_surrogate_fidelity_by_language")
+stage.save_figure(stage04.plot_fidelity_by_language(table, list(scored["benchmark"].unique())),
+                  "04_surrogate_fidelity_by_language")
 plt.show()
 
 # %% [markdown]
@@ -141,34 +132,20 @@ plt.show()
 # shorter texts; `shapes_vqa`'s one-to-three-word answers are the miniature's short texts.
 
 # %%
-display(prepare_score.confusion(scored))
-lengths = scored["response"].fillna("").str.split().str.len()
-scored["length_bin"] = pd.cut(lengths, [-1, 0, 2, 5, 10, 1000], labels=["0", "1-2", "3-5", "6-10", ">10"])
-errors = prepare_score.surrogate_errors(scored, ["benchmark", "length_bin"])
+display(stage04.confusion(scored))
+scored["length_bin"] = stage04.length_bin(scored)
+errors = stage04.surrogate_errors(scored, ["benchmark", "length_bin"])
 display(errors[errors["labeled"] > 0].round(3))
-errors_by_lang = prepare_score.surrogate_errors(scored, ["lang"])
-display(errors_by_lang.round(3))
-
-if "fidelity_true" in scored:
-    # miniature: the same check against the truth on every row
-    truth_gap = (scored.assign(wrong=(scored["fidelity_lid"] != scored["fidelity_true"]).astype(float))
-                 .groupby(["benchmark", "length_bin"], observed=True)["wrong"].mean().unstack())
-    fig, ax = plt.subplots(figsize=(6, 2.8))
-    sns.heatmap(truth_gap, annot=True, fmt=".2f", cmap="Reds", vmin=0, vmax=1, ax=ax)
-    ax.set_title("identifier wrong about fidelity (all rows, vs truth)")
-    ax.set_xlabel("response length (words)")
-    stage.save_figure(fig, "04_identifier_errors_by_length")
+display(stage04.surrogate_errors(scored, ["lang"]).round(3))
+if "fidelity_true" in scored:  # miniature: the same check against the truth on every row
+    stage.save_figure(stage04.plot_identifier_errors_by_length(scored), "04_identifier_errors_by_length")
     plt.show()
 
 # %% [markdown]
 # ## Summary
 
 # %%
-naive_ifl = by_model["ifl"].mean() if "ifl" in by_model else float("nan")
-agreement = float((labeled["fidelity_lid"] == labeled["fidelity_gold"]).mean()) if len(labeled) else float("nan")
-headline = (f"{len(scored):,} responses scored with {lid.name.split(' (')[0]}; "
-            f"{len(labeled)} labeled; identifier agrees with gold fidelity on {agreement:.0%}; "
-            f"naive IFL (mean over models) {naive_ifl:+.3f}")
-stage.finish(headline, identifier=lid.name, n_scored=len(scored), n_labeled=int(len(labeled)),
-             agreement=agreement, naive_ifl=float(naive_ifl))
+headline, metrics = stage04.summary(scored, by_model, lid)
+stage.finish(headline, **metrics)
 print(headline)
+

@@ -79,7 +79,9 @@
 # with the R package; `benchmarks/dsl_speed.py` times this port at that scale.
 
 # %% tags=["parameters"]
-# Defaults = params/default.yaml; the runner injects the params file's values below this cell.
+# The values of params/default.yaml (the miniature world); the runner injects the chosen params
+# file's values below this cell. A key a params file leaves out takes the schema default
+# (ifl/params_schema.py), which is the paper's setting where the two differ: docs/params.md.
 run_name = "default"
 seed = 0
 world = "miniature"
@@ -104,13 +106,12 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
 
-from ifl import prepare_dsl
-from ifl.params import from_notebook
-from ifl.stage import open_stage
+from ifl import figures, paper, regress
+from ifl.runtime import begin
+from ifl.stages import dsl_regressions as stage05
 
-common, p = from_notebook(globals(), "05_dsl_regressions")
-stage = open_stage("05_dsl_regressions", output_root=common.output_root, run_name=common.run_name)
-scored = pd.read_parquet(stage.require("04_score_languages", "scored.parquet") / "scored.parquet")
+common, p, stage, device = begin(globals(), "05_dsl_regressions")
+scored = pd.read_parquet(stage.input("scored"))
 started = time.perf_counter()
 print(f"{len(scored):,} responses, {int(scored['labeled'].sum())} labeled; DSL: learner {p.learner}, "
       f"{p.cross_fit} folds x {p.sample_split} sample splits, {p.level:.0%} intervals, "
@@ -124,25 +125,22 @@ print(f"{len(scored):,} responses, {int(scored['labeled'].sum())} labeled; DSL: 
 # pass straight into every estimate, as they did in the paper.
 
 # %%
-errors = prepare_dsl.measurement_errors(scored)
-display(errors.round(3))
+display(stage05.measurement_errors(scored).round(3))
 
 # %% [markdown]
 # ## Figure 1: IFL per model and benchmark
 
 # %%
-fig1 = prepare_dsl.figure1(scored, p, seed=common.seed)
-fig1.to_csv(stage.path("figure1_ifl.csv"), index=False)
-_, role = prepare_dsl.figure1_rows(scored)
-order = prepare_dsl.model_order(fig1["model"])
-english = {m for m in order if m.endswith("-en") or m in prepare_dsl.MODEL_ORDER}
-fig = prepare_dsl.forest_plot(fig1, row="model", panel="benchmark", row_order=order, level=p.level,
-                              estimators=("dsl", "naive", "labels_only", "oracle"), highlight=english,
-                              title=f"IFL with {p.level:.0%} CI: {role}")
+fig1 = stage05.figure1(scored, p, seed=common.seed)
+fig1.to_csv(stage.output("figure1"), index=False)
+_, role = stage05.figure1_rows(scored)
+order = stage05.model_order(fig1["model"])
+fig = figures.forest_plot(fig1, row="model", panel="benchmark", row_order=order, level=p.level,
+                          estimators=("dsl", "naive", "labels_only", "oracle"),
+                          highlight=stage05.english_trained(order), title=f"IFL with {p.level:.0%} CI: {role}")
 stage.save_figure(fig, "05_figure1_ifl")
 plt.show()
-fig1_wide = prepare_dsl.wide(fig1, ["model", "benchmark"])
-display(fig1_wide.dropna(axis=1, how="all").round(3))
+display(regress.wide(fig1, ["model", "benchmark"]).dropna(axis=1, how="all").round(3))
 
 # %% [markdown]
 # **How to read it.** Each line is one model on one benchmark, pooled over query languages; a dot
@@ -153,23 +151,13 @@ display(fig1_wide.dropna(axis=1, how="all").round(3))
 # (red ×, where this run has that model). Below: the numbers of the plot, read from the data.
 
 # %%
-d = fig1[(fig1["estimator"] == "dsl") & fig1["estimate"].notna()]
-skipped = fig1[(fig1["estimator"] == "dsl") & fig1["estimate"].isna()]
-if len(d):
-    lo, hi = d.loc[d["estimate"].idxmin()], d.loc[d["estimate"].idxmax()]
-    sig = (d["ci_high"] < 0).mean()
-    print(f"DSL estimates {len(d)} cells: the largest IFL is {lo['model']} on {lo['benchmark']} "
-          f"({lo['estimate']:+.3f}, CI {lo['ci_low']:+.3f} to {lo['ci_high']:+.3f}), the smallest (least negative) "
-          f"{hi['model']} on {hi['benchmark']} ({hi['estimate']:+.3f}); {sig:.0%} of the intervals "
-          f"lie entirely below 0 (significant IFL at {1 - p.level:.2f}).")
-    print(f"Mean CI width: DSL {(d['ci_high'] - d['ci_low']).mean():.3f}; clusters: "
-          f"{', '.join(sorted(set(d['cluster'])))}; out-of-fold RMSE of g: {d['g_rmse'].mean():.3f}.")
+print("\n".join(stage05.figure1_text(fig1, p.level)))
+skipped = stage05.skipped_cells(fig1)
 if len(skipped):
     print(f"{len(skipped)} cell(s) not estimated:")
     display(skipped[["model", "benchmark", "n_labeled_image", "n_labeled_text", "note"]])
-paper1 = prepare_dsl.paper_figure1()
 print("The paper's reported extremes (text of §3.3), as proportions:")
-display(paper1[["model", "benchmark", "paper", "note"]])
+display(paper.figure1_reported()[["model", "benchmark", "paper", "note"]])
 
 # %% [markdown]
 # ### Does DSL recover the truth? (miniature only)
@@ -180,16 +168,10 @@ display(paper1[["model", "benchmark", "paper", "note"]])
 # unbiased with intervals that hold, narrower than the labels alone.
 
 # %%
-recov = prepare_dsl.recovery(fig1, ["model", "benchmark"])
+recov = regress.recovery(fig1, ["model", "benchmark"])
 if len(recov):
     display(recov.round(3))
-    r = recov.set_index("estimator")
-    print(f"The truth lies inside the {p.level:.0%} interval for {r.loc['dsl', 'coverage']:.0%} of DSL's "
-          f"cells and {r.loc['naive', 'coverage']:.0%} of the naive ones; the naive estimate is off by "
-          f"{r.loc['naive', 'mean_bias']:+.3f} on average (DSL {r.loc['dsl', 'mean_bias']:+.3f}, which "
-          f"includes the annotators' own error shown above).")
-else:
-    print("No oracle in this world (the paper world has no truth beyond the annotations).")
+print(stage05.recovery_text(recov, p.level))
 
 # %% [markdown]
 # ## IFL by query language
@@ -198,22 +180,14 @@ else:
 # vision encoder and training data). Hollow diamonds: the oracle.
 
 # %%
-by_lang = prepare_dsl.language_breakdown(scored, p, seed=common.seed)
-by_lang.to_csv(stage.path("ifl_by_language.csv"), index=False)
-fig = prepare_dsl.language_plot(by_lang, level=p.level)
-stage.save_figure(fig, "05_ifl_by_language")
+by_lang = stage05.language_breakdown(scored, p, seed=common.seed)
+by_lang.to_csv(stage.output("ifl_by_language"), index=False)
+stage.save_figure(figures.language_plot(by_lang, level=p.level), "05_ifl_by_language")
 plt.show()
-lang_wide = prepare_dsl.wide(by_lang, ["family", "lang"])
-display(lang_wide.pivot(index="family", columns="lang", values="dsl").round(2))
+display(regress.wide(by_lang, ["family", "lang"]).pivot(index="family", columns="lang", values="dsl").round(2))
 
 # %%
-d = by_lang[(by_lang["estimator"] == "dsl") & by_lang["estimate"].notna()]
-n_skip = int(((by_lang["estimator"] == "dsl") & by_lang["estimate"].isna()).sum())
-if len(d):
-    per_lang = d.groupby("lang")["estimate"].mean().sort_values()
-    print(f"Averaged over families, the image costs most fidelity for queries in {per_lang.index[0]} "
-          f"({per_lang.iloc[0]:+.3f}) and least in {per_lang.index[-1]} ({per_lang.iloc[-1]:+.3f}); "
-          f"{n_skip} family x language cell(s) had too few labels and are left out.")
+print(stage05.language_text(by_lang))
 
 # %% [markdown]
 # **How to read it.** A point below 0 means the image moves replies away from that language. In
@@ -224,19 +198,17 @@ if len(d):
 # ## Table 4: which design choice moves IFL?
 
 # %%
-t4 = prepare_dsl.table4(scored, p, seed=common.seed)
-t4.to_csv(stage.path("table4.csv"), index=False)
-alt = prepare_dsl.table4(scored, p, seed=common.seed, main_effects=not p.main_effects)
-alt.to_csv(stage.path("table4_other_specification.csv"), index=False)
+t4 = regress.table4(scored, p, seed=common.seed)
+t4.to_csv(stage.output("table4"), index=False)
+alt = regress.table4(scored, p, seed=common.seed, main_effects=not p.main_effects)
+alt.to_csv(stage.output("table4_other_specification"), index=False)
 literal = alt if p.main_effects else t4  # the paper's equation: Image and Image x factor only
-beside = prepare_dsl.table4_beside_paper(literal)
-beside.to_csv(stage.path("table4_vs_paper.csv"), index=False)
-fig = prepare_dsl.table4_plot(t4, level=p.level)
-stage.save_figure(fig, "05_table4_design_effects")
+beside = stage05.table4_beside_paper(literal)
+beside.to_csv(stage.output("table4_vs_paper"), index=False)
+stage.save_figure(figures.table4_plot(t4, level=p.level), "05_table4_design_effects")
 plt.show()
-cols = [c for c in beside.columns if not c.endswith("_note")]
-display(beside[cols].round(3))
-notes = t4.loc[t4["note"].fillna("") != "", ["language_set", "outcome", "row", "note"]].drop_duplicates()
+display(beside[[c for c in beside.columns if not c.endswith("_note")]].round(3))
+notes = stage05.table4_notes(t4)
 if len(notes):
     display(notes)
 
@@ -254,23 +226,7 @@ if len(notes):
 # what it tests is that the estimator recovers *its own* truth.
 
 # %%
-fid = t4[(t4["outcome"] == "fidelity") & t4["row"].isin(["Image", *prepare_dsl.FACTORS])]
-for lset, part in fid.groupby("language_set", sort=False):
-    est = part[part["estimator"] == "dsl"].set_index("row")
-    if est["estimate"].isna().all():
-        print(f"{lset}: not estimated ({est['note'].dropna().iloc[0]})")
-        continue
-    line = [f"{lset} (n = {int(est['n_rows'].iloc[0]):,} responses, {int(est['n_labeled'].iloc[0])} labeled): "
-            f"reference-class IFL (Vicuna/CLIP/English) {est.loc['Image', 'estimate']:+.3f}"]
-    for f in prepare_dsl.FACTORS:
-        if f in est.index and pd.notna(est.loc[f, "estimate"]):
-            e = est.loc[f]
-            line.append(f"{f} {e['estimate']:+.3f} [{e['ci_low']:+.3f}, {e['ci_high']:+.3f}]")
-    orc = part[part["estimator"] == "oracle"].set_index("row")
-    if len(orc):
-        line.append("oracle " + ", ".join(f"{f} {orc.loc[f, 'estimate']:+.3f}" for f in prepare_dsl.FACTORS
-                                          if f in orc.index))
-    print("; ".join(line))
+print("\n".join(stage05.table4_text(t4)))
 
 # %% [markdown]
 # ### The paper's literal specification
@@ -278,37 +234,16 @@ for lset, part in fid.groupby("language_set", sort=False):
 # ours (`main_effects`). DSL, fidelity. Where the models' fidelity *without* the image differs, the two disagree.
 
 # %%
-def dsl_factors(table):
-    rows = table[(table["outcome"] == "fidelity") & (table["estimator"] == "dsl") & table["row"].isin(prepare_dsl.FACTORS)]
-    return rows.set_index(["language_set", "row"])
-
-
-this, other = ("with", "without") if p.main_effects else ("without", "with")
-compare = pd.concat({f"{this} main effects": dsl_factors(t4)["estimate"],
-                     f"{other} main effects": dsl_factors(alt)["estimate"],
-                     f"{other}: ci_low": dsl_factors(alt)["ci_low"],
-                     f"{other}: ci_high": dsl_factors(alt)["ci_high"]}, axis=1)
-display(compare.round(3))
-text_gap = t4[(t4["outcome"] == "fidelity") & (t4["estimator"] == "dsl") & t4["term"].isin(prepare_dsl.FACTORS)]
-if len(text_gap):
-    print("Main effects (text-condition fidelity differences) in the fit above: "
-          + "; ".join(f"{r.language_set} {r.term} {r.estimate:+.3f}" for r in text_gap.itertuples()))
+display(stage05.compare_specifications(t4, alt, p.main_effects).round(3))
+print(stage05.main_effects_text(t4))
 
 # %% [markdown]
 # ## Summary
 
 # %%
 elapsed = time.perf_counter() - started
-headline = prepare_dsl.headline(fig1, t4, recov)
-metrics = {"n_rows": len(scored), "n_labeled": int(scored["labeled"].sum()), "seconds": round(elapsed, 1),
-           "figure1_cells": int(((fig1["estimator"] == "dsl") & fig1["estimate"].notna()).sum()),
-           "figure1_skipped": int(((fig1["estimator"] == "dsl") & fig1["estimate"].isna()).sum())}
-if len(recov):
-    for r in recov.itertuples():
-        metrics[f"figure1_{r.estimator}_coverage"] = r.coverage
-        metrics[f"figure1_{r.estimator}_mean_abs_error"] = r.mean_abs_error
-for r in t4[(t4["estimator"] == "dsl") & t4["row"].isin(prepare_dsl.FACTORS)].itertuples():
-    metrics[f"table4_{r.language_set}_{r.outcome}_{r.row}"] = None if pd.isna(r.estimate) else float(r.estimate)
-stage.finish(headline, **metrics)
+headline = stage05.headline(fig1, t4, recov)
+stage.finish(headline, **stage05.metrics(scored, fig1, t4, recov, elapsed))
 print(headline)
 print(f"({elapsed:.0f} s of estimation)")
+

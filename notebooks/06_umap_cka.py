@@ -31,7 +31,7 @@
 #   above). High CKA means the image is embedded alike whatever the LLM and training language:
 #   the language bias is not in the projector's placement but in how the LLM reads it.
 #
-# **Our choices where the paper is silent** (all params; shared/reference/STEERING_CKA_UMAP.md):
+# **Our choices where the paper is silent** (all params; docs/steering_cka_umap.md):
 # - the UMAP is fitted once on image and text tokens together, with cosine distance (the two
 #   kinds differ a lot in norm, which Euclidean distance would show as a separation of its own),
 #   `n_neighbors=15, min_dist=0.1`, seeded (umap-learn is then single-threaded and exact);
@@ -53,7 +53,9 @@
 # by projector and LM.
 
 # %% tags=["parameters"]
-# Defaults = params/default.yaml; the runner injects the params file's values below this cell.
+# The values of params/default.yaml (the miniature world); the runner injects the chosen params
+# file's values below this cell. A key a params file leaves out takes the schema default
+# (ifl/params_schema.py), which is the paper's setting where the two differ: docs/params.md.
 run_name = "default"
 seed = 0
 world = "miniature"
@@ -82,35 +84,21 @@ batch_size = 16
 threads = 2
 
 # %%
-import gc
-
 import matplotlib.pyplot as plt
 import pandas as pd
-import torch
 from IPython.display import display
 
-from ifl import prepare_umap_cka as uc
-from ifl.compat import decoder_layers
+from ifl import figures
 from ifl.data.schema import read_tasks
-from ifl.params import from_notebook
-from ifl.prepare_variants import torch_threads
-from ifl.stage import open_stage
+from ifl.runtime import begin
+from ifl.stages import umap_cka as stage06
 
-common, p = from_notebook(globals(), "06_umap_cka")
-stage = open_stage("06_umap_cka", output_root=common.output_root, run_name=common.run_name)
-tasks = read_tasks(stage.require("01_translate_data", "tasks.parquet") / "tasks.parquet")
+common, p, stage, device = begin(globals(), "06_umap_cka")
+tasks = read_tasks(stage.input("tasks"))
 tasks = tasks[tasks["lang"].isin(common.languages)]
-variants_csv = stage.run_dir / "02_train_variants" / "variants.csv"
-variants = pd.read_csv(variants_csv) if variants_csv.exists() else None
-device = ("cuda" if torch.cuda.is_available() else "cpu") if common.device == "auto" else common.device
-cpu_threads = torch_threads(p.threads if device == "cpu" else None)
-
-
-def free_memory():
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
+variants_csv = stage.optional_input("variants")  # the paper world may name hub models instead
+variants = pd.read_csv(variants_csv) if variants_csv is not None else None
+where = dict(world=common.world, variants=variants, device=device, seed=common.seed)
 
 # %% [markdown]
 # ## Figure 2, left: image tokens among text tokens
@@ -119,21 +107,13 @@ def free_memory():
 # the cosine metric.
 
 # %%
-row = uc.resolve_model(p.umap_model, p, common.world, variants)
-images = uc.pick_items(tasks, p.umap_images, common.seed)
-questions = uc.pick_questions(tasks, p.umap_questions, common.seed, common.languages)
-with cpu_threads:
-    model, processor = uc.load(row, p, device)
-    points = uc.umap_points(model, processor, images, questions, row["template"], p, common.seed)
-n_layers_umap = len(decoder_layers(model))
-del model, processor
-free_memory()
-points.to_parquet(stage.path("umap_points.parquet"), index=False)  # re-plot without rerunning
+points, n_layers_umap = stage06.umap_of(p.umap_model, tasks, p, languages=common.languages, **where)
+points.to_parquet(stage.output("umap_points"), index=False)  # re-plot without rerunning
 display(points.groupby(["kind", "lang"]).agg(tokens=("x", "size"), mean_norm=("norm", "mean")).round(2))
 
 fig, ax = plt.subplots(figsize=(6, 5))
 site_name = "LLM input" if p.umap_site == 0 else f"output of decoder layer {p.umap_site - 1}"
-uc.plot_umap(points, ax, f"{p.umap_model}: image vs text tokens ({site_name}, {p.umap_metric})")
+figures.plot_umap(points, ax, f"{p.umap_model}: image vs text tokens ({site_name}, {p.umap_metric})")
 stage.save_figure(fig, "06_umap_image_text_tokens")
 plt.show()
 
@@ -143,47 +123,29 @@ plt.show()
 # compared with every site of the other.
 
 # %%
-items = uc.pick_items(tasks, p.cka_images, common.seed + 1, lang=p.cka_prompt_lang)
-states = {}
-with cpu_threads:
-    for name in p.cka_pair:
-        row_ = uc.resolve_model(name, p, common.world, variants)
-        model, processor = uc.load(row_, p, device)
-        states[name] = uc.image_states(model, processor, items, row_["template"], p, common.seed)
-        del model, processor
-        free_memory()
-a, b = (states[name] for name in p.cka_pair)
-results = uc.cka_results(a, b, p.cka_threshold, common.seed)
-results.to_csv(stage.path("cka.csv"), index=False)
+results, n_images = stage06.cka_of_pair(tasks, p, **where)
+results.to_csv(stage.output("cka"), index=False)
 n, d = int(results["n"].iloc[0]), int(results["d_a"].iloc[0])
-print(f"n = {n} image tokens ({len(items)} images x {p.cka_image_tokens} positions), d = {d}")
+print(f"n = {n} image tokens ({n_images} images x {p.cka_image_tokens} positions), d = {d}")
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
 for ax, debiased in zip(axes, (False, True)):
-    square = uc.cka_square(results, debiased)
-    im = uc.plot_cka(square, ax, f"{'debiased' if debiased else 'biased'} CKA, n={n}, d={d}\n"
-                     f"linear (lower) / RBF {p.cka_threshold} (upper)", tuple(p.cka_pair))
+    im = figures.plot_cka(stage06.cka_square(results, debiased), ax,
+                          f"{'debiased' if debiased else 'biased'} CKA, n={n}, d={d}\n"
+                          f"linear (lower) / RBF {p.cka_threshold} (upper)", tuple(p.cka_pair))
 fig.colorbar(im, ax=axes, shrink=0.8)
 stage.save_figure(fig, "06_cka_heatmaps")
 plt.show()
 
 # %%
-main = results[results["control"].isna()]
-same_site = main[main["site_a"] == main["site_b"]].pivot_table(
-    index="site_a", columns=["kernel", "debiased"], values="cka")
-display(same_site.round(3))
+display(stage06.same_site(results).round(3))
 display(results[results["control"].notna()][["site_a", "kernel", "debiased", "cka", "control"]].round(3))
 
 # %% [markdown]
 # ## Summary
 
 # %%
-diag = same_site[("linear", False)]
-chance = results[results["control"].notna() & ~results["debiased"]]["cka"].max()
-headline = (f"UMAP of {len(points)} tokens at site {p.umap_site} of {p.umap_model}; linear CKA of "
-            f"{p.cka_pair[0]} vs {p.cka_pair[1]} image tokens at matching sites "
-            f"{diag.min():.2f}-{diag.max():.2f} (chance {chance:.2f}; n={n}, d={d})")
-stage.finish(headline, umap_tokens=len(points), umap_layers=n_layers_umap, cka_n=n, cka_d=d,
-             cka_linear_same_site=dict(zip(map(int, diag.index), map(float, diag))),
-             cka_pair=p.cka_pair)
+headline, metrics = stage06.summary(points, results, p, n_layers_umap)
+stage.finish(headline, **metrics)
 print(headline)
+

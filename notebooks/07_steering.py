@@ -32,7 +32,7 @@
 #
 # fidelity being the share of replies that GlotLID says are in the query's language.
 #
-# **Our choices where the paper is silent** (params; shared/reference/STEERING_CKA_UMAP.md §1):
+# **Our choices where the paper is silent** (params; docs/steering_cka_umap.md §1):
 # - layer l = a 0-based index into the decoder layers, steered at its output (=
 #   `hidden_states[l + 1]`); default `n_layers // 3`; the convention is saved with the vectors;
 # - $\text{LLM}_l(x)$ is read at that same site on a text-only pass of the raw sentence (no chat
@@ -52,7 +52,9 @@
 # A **layer sweep** on one model shows how much the choice of l matters.
 
 # %% tags=["parameters"]
-# Defaults = params/default.yaml; the runner injects the params file's values below this cell.
+# The values of params/default.yaml (the miniature world); the runner injects the chosen params
+# file's values below this cell. A key a params file leaves out takes the schema default
+# (ifl/params_schema.py), which is the paper's setting where the two differ: docs/params.md.
 run_name = "default"
 seed = 0
 world = "miniature"
@@ -83,45 +85,34 @@ sweep_tasks_per_cell = 10
 threads = 2
 
 # %%
-import gc
+import json
 
 import matplotlib.pyplot as plt
 import pandas as pd
-import torch
 from IPython.display import display
 
-from ifl import prepare_steering as ps
-from ifl.compat import decoder_layers
+from ifl import figures
 from ifl.data.schema import read_tasks
-from ifl.params import from_notebook
-from ifl.prepare_variants import torch_threads
-from ifl.stage import open_stage, write_json_atomic
-from ifl.steer import default_layer, steering_prompts
+from ifl.runtime import begin
+from ifl.score import exact_fidelity
+from ifl.stage import write_json_atomic
+from ifl.stages import steering as stage07
+from ifl.steer import steering_prompts
 
-common, p = from_notebook(globals(), "07_steering")
-stage = open_stage("07_steering", output_root=common.output_root, run_name=common.run_name)
-tasks = read_tasks(stage.require("01_translate_data", "tasks.parquet") / "tasks.parquet")
-models_table = pd.read_csv(stage.require("03_collect_responses", "models.csv") / "models.csv")
-scored = pd.read_parquet(stage.require("04_score_languages", "scored.parquet") / "scored.parquet")
-device = ("cuda" if torch.cuda.is_available() else "cpu") if common.device == "auto" else common.device
-cpu_threads = torch_threads(p.threads if device == "cpu" else None)
+common, p, stage, device = begin(globals(), "07_steering")
+tasks = read_tasks(stage.input("tasks"))
+models = pd.read_csv(stage.input("models"))
+scored = pd.read_parquet(stage.input("scored"))
+stage07.check_generation_matches_03(json.loads(stage.input("generation").read_text()), p)
+identifier = stage07.identifier_as_in_04(json.loads(stage.input("identifier").read_text()))
 responses_dir = stage.run_dir / "responses"  # beside notebook 03's, one folder per steered run
-langs = ps.languages(p, common.languages)
+langs = stage07.languages(p, common.languages)
 prompts = steering_prompts(langs, source=p.prompt_source, version=p.prompt_version)
-steered_models = ps.steer_models(models_table, p)
-ps.check_generation_matches_03(stage.run_dir, p)
-identifier = ps.identifier_as_in_04(stage.run_dir)
+steered_models = stage07.steer_models(models, p)
 fidelity_columns = ["fidelity_lid"] + (["fidelity_exact"] if common.world == "miniature" else [])
 if common.world == "miniature":
-    scored["fidelity_exact"] = ps.exact_fidelity(scored)
+    scored["fidelity_exact"] = exact_fidelity(scored)
 print(f"identifier: {identifier.name}")
-
-
-def free_memory():
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
 
 # %% [markdown]
 # ## The steering sentences
@@ -136,32 +127,18 @@ display(pd.DataFrame({"x": prompts}).rename_axis("lang"))
 # language and setting.
 
 # %%
-runs, diagnostics, conventions = [], [], {}
-with cpu_threads:
-    for row in steered_models.itertuples():
-        model, processor = ps.load(row, p, device)
-        n_layers = len(decoder_layers(model))
-        layer_l = default_layer(model) if p.layer is None else p.layer
-        vecs, diag = ps.vectors(model, processor, prompts, layer_l, p, row.template)
-        diagnostics.append(diag.assign(model=row.model))
-        conventions[row.model] = {k: v for k, v in next(iter(vecs.values())).settings.items()
-                                  if k not in ("x_lang",)}
-        torch.save({lang: v.vector for lang, v in vecs.items()}, stage.path("vectors", f"{row.model}.pt"))
-        todo = ps.steer_tasks(scored, tasks, row.model, langs, p.benchmarks, p.max_tasks_per_cell,
-                              common.seed)
-        runs.append(ps.collect_steered(model, processor, row, todo, vecs, p, responses_dir))
-        del model, processor
-        free_memory()
-steered = ps.score(pd.concat(runs, ignore_index=True), tasks, identifier, common.world)
-steered.to_parquet(stage.path("steered_scored.parquet"), index=False)
-diagnostics = pd.concat(diagnostics, ignore_index=True)
-diagnostics.to_csv(stage.path("vector_diagnostics.csv"), index=False)
-write_json_atomic(stage.path("convention.json"), conventions)
+steered, diagnostics, conventions = stage07.steer_all(
+    steered_models, scored, tasks, prompts, langs, p, responses_dir=responses_dir,
+    vectors_dir=stage.dir / "vectors", device=device, seed=common.seed)
+steered = stage07.score(steered, tasks, identifier, common.world)
+steered.to_parquet(stage.output("steered_scored"), index=False)
+diagnostics.to_csv(stage.output("vector_diagnostics"), index=False)
+write_json_atomic(stage.output("convention"), conventions)
 display(diagnostics[["model", "lang", "layer", "norm", "norm_over_median_token", "top2_share",
                      "max_token_norm_over_median"]].round(3))
 if (diagnostics["top2_share"] > 0.5).any():
     print("some vectors put > 50% of their squared norm in two coordinates (massive activations): "
-          "consider massive_factor: 10 (reference §1.4)")
+          "consider massive_factor: 10 (docs/steering_cka_umap.md)")
 
 # %% [markdown]
 # ## Table 5: IFL and IFL + remedy per model
@@ -169,36 +146,22 @@ if (diagnostics["top2_share"] > 0.5).any():
 # over its benchmark x language cells, as in the paper.
 
 # %%
-tables = {col: ps.ifl_table(scored, steered, col) for col in fidelity_columns}
+tables = {col: stage07.ifl_table(scored, steered, col) for col in fidelity_columns}
 for col, table in tables.items():
     table.to_csv(stage.path(f"ifl_remedy_{col}.csv"), index=False)
 main = tables["fidelity_lid"]
-paper5, paper69 = ps.paper_tables()
-summary = main[main["benchmark"] == "average"].drop(columns=["benchmark", "lang"])
-if common.world == "paper":
-    summary = summary.merge(paper5.drop(columns="relative_increase_pct"), on="model", how="left",
-                            suffixes=("", "_paper"))
+paper5, paper69 = stage07.paper_tables()
+summary = stage07.summary(main, paper5 if common.world == "paper" else None)
 display(summary.round(3))
 if common.world == "miniature":
-    exact = tables["fidelity_exact"]
     print("the same with the miniature's exact language rule instead of language ID:")
-    display(exact[exact["benchmark"] == "average"].drop(columns=["benchmark", "lang"]).round(3))
+    display(stage07.summary(tables["fidelity_exact"], None).round(3))
     print("the paper's Table 5, for reference (real models):")
     display(paper5)
 
 # %%
-fig, ax = plt.subplots(figsize=(1.2 * len(summary) + 3, 3.5))
-x = range(len(summary))
-ax.bar([i - 0.2 for i in x], summary["ifl"], width=0.4, label="IFL")
-ax.bar([i + 0.2 for i in x], summary["ifl_remedy"], width=0.4, label="IFL + remedy")
-if "ifl_paper" in summary:
-    ax.scatter([i - 0.2 for i in x], summary["ifl_paper"], marker="_", s=300, c="k", label="paper")
-    ax.scatter([i + 0.2 for i in x], summary["ifl_remedy_paper"], marker="_", s=300, c="k")
-ax.axhline(0, c="0.5", lw=0.8)
-ax.set_xticks(list(x), summary["model"], rotation=20, ha="right")
-ax.set_ylabel("fidelity: image - text (GlotLID)" if common.world == "paper" else "fidelity: image - text (LID)")
-ax.legend(fontsize=8)
-stage.save_figure(fig, "07_steering_summary")
+ylabel = "fidelity: image - text (GlotLID)" if common.world == "paper" else "fidelity: image - text (LID)"
+stage.save_figure(figures.steering_summary_plot(summary, ylabel), "07_steering_summary")
 plt.show()
 
 # %% [markdown]
@@ -209,7 +172,7 @@ plt.show()
 cells = main[main["benchmark"] != "average"]
 display(cells.pivot_table(index=["model", "benchmark"], columns="lang", values="diff").round(3))
 if common.world == "paper":
-    display(ps.beside_paper(main, paper69).round(3))
+    display(stage07.beside_paper(main, paper69).round(3))
 
 # %% [markdown]
 # ## Layer sweep
@@ -222,41 +185,14 @@ if common.world == "paper":
 sweep = pd.DataFrame()
 if p.sweep_depths:
     name = p.sweep_model or steered_models["model"].iloc[0]
-    row = next(ps.steer_models(models_table, p.model_copy(update={"models": [name]})).itertuples())
-    parts = []
-    with cpu_threads:
-        model, processor = ps.load(row, p, device)
-        n_layers = len(decoder_layers(model))
-        todo = ps.steer_tasks(scored, tasks, name, langs, p.benchmarks, p.sweep_tasks_per_cell, common.seed)
-        for layer_l in ps.sweep_layers(p.sweep_depths, n_layers):
-            vecs, _ = ps.vectors(model, processor, prompts, layer_l, p, row.template)
-            for s in p.sweep_scales:
-                p_s = p.model_copy(update={"scale": s})
-                got = ps.score(ps.collect_steered(model, processor, row, todo, vecs, p_s, responses_dir,
-                                                  progress=False), tasks, identifier, common.world)
-                for col in fidelity_columns:
-                    t = ps.ifl_table(scored, got, col)
-                    parts.append(t[t["benchmark"] == "average"].assign(layer=layer_l, scale=s, fidelity=col))
-        default_l = default_layer(model) if p.layer is None else p.layer
-        del model, processor
-        free_memory()
-    sweep = pd.concat(parts, ignore_index=True)
-    sweep.to_csv(stage.path("layer_sweep.csv"), index=False)
+    row = next(stage07.steer_models(models, p.model_copy(update={"models": [name]})).itertuples())
+    sweep, n_layers, default_l = stage07.layer_sweep(
+        row, scored, tasks, prompts, langs, p, identifier=identifier, world=common.world,
+        fidelity_columns=fidelity_columns, responses_dir=responses_dir, device=device, seed=common.seed)
+    sweep.to_csv(stage.output("layer_sweep"), index=False)
     display(sweep.pivot_table(index=["fidelity", "layer"], columns="scale", values="ifl_remedy").round(3))
-    columns = sorted(sweep["fidelity"].unique())
-    fig, axes = plt.subplots(1, len(columns), figsize=(5 * len(columns), 3.5), squeeze=False, sharey=True)
-    for ax, col in zip(axes[0], columns):
-        part = sweep[sweep["fidelity"] == col]
-        for s, by_scale in part.groupby("scale"):
-            ax.plot(by_scale["layer"], by_scale["ifl_remedy"], marker="o", label=f"IFL + remedy, scale {s:g}")
-        ax.axhline(part["ifl"].iloc[0], ls="--", lw=0.8, c="k", label="IFL (no steering)")
-        ax.axvline(default_l, c="0.6", lw=0.8)
-        ax.set_xticks(sorted(sweep["layer"].unique()))
-        ax.set_xlabel(f"steered layer of {name} ({n_layers} layers; grey: default)")
-        ax.set_title(col, fontsize=9)
-    axes[0][0].set_ylabel("fidelity: image - text")
-    axes[0][-1].legend(fontsize=7)
-    stage.save_figure(fig, "07_layer_sweep")
+    stage.save_figure(figures.layer_sweep_plot(sweep, model=name, n_layers=n_layers, default_layer=default_l),
+                      "07_layer_sweep")
     plt.show()
 
 # %% [markdown]
@@ -264,10 +200,10 @@ if p.sweep_depths:
 
 # %%
 avg = summary.set_index("model")
-headline = ("IFL -> IFL + remedy (LID): " + "; ".join(
-    f"{m} {r.ifl:+.3f} -> {r.ifl_remedy:+.3f}" for m, r in avg.iterrows()))
+headline = stage07.headline(summary)
 stage.finish(headline, identifier=identifier.name, languages=langs, conventions=conventions,
              ifl=avg["ifl"].round(4).to_dict(), ifl_remedy=avg["ifl_remedy"].round(4).to_dict(),
              n_steered=len(steered), sweep_layers=sorted(sweep["layer"].unique().tolist()) if len(sweep) else [],
              sweep_scales=p.sweep_scales if len(sweep) else [])
 print(headline)
+

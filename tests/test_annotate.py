@@ -105,7 +105,7 @@ def fill(path, values: dict[str, dict[str, str]], drop: list[str] = ()):
     sheet.to_csv(path, index=False, encoding="utf-8-sig")
 
 
-def test_export_layout(sample, tmp_path):
+def test_export_writes_a_bom_csv_with_the_sample_ids_and_empty_label_columns(sample, tmp_path):
     path = export_sheet(sample, tmp_path / "sheets" / "a.csv")
     assert path.read_bytes().startswith(b"\xef\xbb\xbf")  # BOM: spreadsheets then read UTF-8
     sheet = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")

@@ -182,10 +182,10 @@ def test_resume_after_sigkill(tiny, tasks, reference, tmp_path):
     child = subprocess.Popen([sys.executable, str(script), str(tmp_path / "tasks.parquet"), str(out)],
                              cwd=ROOT, env=os.environ | {"HF_HUB_OFFLINE": "1"},
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 600  # a guard against a hung child, not a speed check
     while len(list((out / "tiny").glob("part-*.parquet"))) < 2:
         assert child.poll() is None, child.stdout.read().decode()[-2000:]
-        assert time.monotonic() < deadline, "child wrote no parts in 60 s"
+        assert time.monotonic() < deadline, "child wrote no parts in 600 s"
         time.sleep(0.02)
     child.send_signal(signal.SIGKILL)
     child.wait()

@@ -232,7 +232,7 @@ def test_formula_term_not_in_data(small):
         call(small, formula="fidelity ~ image + image:llm")
 
 
-def test_other_bad_calls(small):
+def test_bad_model_formula_inputs_and_types_raise_naming_the_argument(small):
     with pytest.raises(ValueError, match="model must be one of"):
         call(small, model="felm")
     with pytest.raises(ValueError, match="none of predicted_var"):

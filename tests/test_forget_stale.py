@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from ifl.prepare_collect import forget_stale
+from ifl.stages.collect_responses import forget_stale
 
 
 def _shard(out, model="v"):

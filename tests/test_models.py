@@ -4,7 +4,6 @@ left-padded generation, and the errors a user sees without the weights."""
 import doctest
 import hashlib
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -27,10 +26,7 @@ FAKE_SHA = "0123456789abcdef0123456789abcdef01234567"
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("smoke")
-    start = time.perf_counter()
-    paths = write_tiny_llava_models(root)
-    paths["_seconds"] = time.perf_counter() - start
-    return paths
+    return write_tiny_llava_models(root)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +58,7 @@ def test_table_rows_are_consistent(tiny):
             assert template(info.template).name == info.template
         for part in (info.llm, info.vision):
             assert part is None or part in table
-    assert model_info("bakllava").template == "llava_hf"  # SOURCES.md §8: trained with LLaVA's prompt
+    assert model_info("bakllava").template == "llava_hf"  # docs/sources.md §8a: trained with LLaVA's prompt
     with pytest.raises(KeyError, match="ifl/models.yaml"):
         model_info("llava-2")
 
@@ -110,7 +106,7 @@ def test_saved_chat_templates_render_like_the_table(tiny):
         rendered = AutoProcessor.from_pretrained(tiny[name]).apply_chat_template(
             conv, add_generation_prompt=True)
         assert rendered == query(template(expected), "Why?", image=True), name
-    gemma = load_tokenizer(tiny["tiny-llava-gemma"])  # SOURCES.md §8: string content, bos in text
+    gemma = load_tokenizer(tiny["tiny-llava-gemma"])  # docs/sources.md §8a: string content, bos in text
     rendered = gemma.apply_chat_template([{"role": "user", "content": "<image>\nWhy?"}],
                                          tokenize=False, add_generation_prompt=True)
     assert rendered == "<bos>" + query(template("gemma"), "Why?", image=True)
@@ -257,8 +253,7 @@ def test_tokenizers_cover_the_paper_languages(tiny):
             assert tokenizer.decode(ids) == text, (name, text)
 
 
-def test_stand_ins_are_idempotent_fast_and_deterministic(tiny, tmp_path):
-    assert tiny["_seconds"] < 15
+def test_stand_ins_are_idempotent_and_deterministic(tiny, tmp_path):
     weights = tiny["tiny-llava-1.5"] / "model.safetensors"
     before = weights.stat().st_mtime_ns
     root = tiny["tiny-llava-1.5"].parent.parent

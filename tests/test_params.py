@@ -16,9 +16,14 @@ def write(tmp_path, content: dict) -> Path:
 
 
 @pytest.mark.parametrize("path", PARAMS_FILES, ids=lambda p: p.name)
-def test_shipped_params_files_validate(path):
+def test_shipped_params_files_validate_and_keep_every_value_they_set(path):
     params = load_params(path)
-    assert params.common.run_name
+    assert params.common.run_name == path.stem  # each file's outputs go to a folder of its name
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    resolved = yaml.safe_load(dump(params))
+    for section, block in raw.items():
+        for key, value in (block or {}).items():
+            assert resolved[section][key] == value, f"{path.name}: {section}.{key}"
 
 
 def test_unknown_section_is_named_with_a_suggestion(tmp_path):
@@ -114,6 +119,23 @@ def test_notebook_keys_never_shadow_common_keys():
         if name != "common":
             assert not common & set(block.model_fields), name
 
+
+def test_docs_params_lists_every_key_whose_default_yaml_value_differs_from_the_schema():
+    """docs/params.md says which value is which: its table names exactly the keys of
+    params/default.yaml that differ from the schema default."""
+    from ifl.params_schema import SECTIONS
+
+    raw = yaml.safe_load(Path("params/default.yaml").read_text(encoding="utf-8"))
+    differ = set()
+    for section, model in SECTIONS.items():
+        for name, field in model.model_fields.items():
+            key = field.alias or name
+            block = raw.get(section) or {}
+            if key in block and block[key] != field.get_default(call_default_factory=True):
+                differ.add((section, key))
+    rows = [line.split("|")[1:3] for line in Path("docs/params.md").read_text(encoding="utf-8").splitlines()
+            if line.startswith("| ") and not line.startswith("| section")]
+    assert {(s.strip(), k.strip()) for s, k in rows} == differ
 
 @pytest.mark.parametrize("name", [".", ".."])
 def test_run_name_is_one_plain_folder(tmp_path, name):

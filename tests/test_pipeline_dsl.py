@@ -8,10 +8,13 @@ FILES = ["figure1_ifl.csv", "ifl_by_language.csv", "table4.csv", "table4_vs_pape
 FIGURES = ["05_figure1_ifl", "05_ifl_by_language", "05_table4_design_effects"]
 
 
-def _sane(effects: pd.DataFrame) -> None:
-    """Every DSL row is either an estimate inside its interval or a row saying why not."""
+def _sane(effects: pd.DataFrame, *, some_estimated: bool = True) -> None:
+    """Every DSL row is either an estimate inside its interval or a row saying why not, and (by
+    default) at least one row is an estimate: a figure of nothing but skipped cells would pass
+    the rest."""
     dsl = effects[effects["estimator"] == "dsl"]
     done = dsl["estimate"].notna()
+    assert done.any() or not some_estimated, "no cell of this figure was estimated"
     assert (dsl.loc[done, "ci_low"] <= dsl.loc[done, "estimate"]).all()
     assert (dsl.loc[done, "estimate"] <= dsl.loc[done, "ci_high"]).all()
     assert dsl.loc[~done, "note"].fillna("").astype(str).str.match(r"(skipped|not estimated|not in the design)").all()
@@ -45,7 +48,9 @@ def test_default_small_estimates_the_variants_against_the_oracle(default_small_r
     _sane(fig1)
     assert {"dsl", "naive", "oracle"} <= set(fig1["estimator"])  # SMALL: min_labeled=1 estimates some
     t4 = pd.read_csv(stage / "table4.csv")
-    _sane(t4)
+    # SMALL labels 40 of ~1,000 rows: Table 4's factor cells have too few labels and are each
+    # skipped with their note (paper-smoke, with 1,000 labels, estimates them)
+    _sane(t4, some_estimated=False)
     beside = pd.read_csv(stage / "table4_vs_paper.csv")
     assert len(beside) == 6 and beside["fidelity_paper"].notna().all()
     record = json.loads((stage / "stage.json").read_text())

@@ -42,7 +42,7 @@ def test_published_values(xy):
 
 
 @pytest.mark.parametrize("kernel", ["linear", "rbf"])
-def test_invariances(xy, kernel):
+def test_cka_is_invariant_to_rotation_scale_translation_and_order_but_not_linear_maps(xy, kernel):
     X, Y = xy
     base = cka(X, Y, kernel=kernel)
     Q, _ = np.linalg.qr(np.random.RandomState(0).randn(10, 10))
@@ -164,7 +164,7 @@ def test_cka_results_need_the_same_examples_and_square_layout():
     figure puts linear CKA on and below the diagonal, RBF above."""
     import pandas as pd
 
-    from ifl.prepare_umap_cka import cka_results, cka_square
+    from ifl.stages.umap_cka import cka_results, cka_square
     from ifl.represent import Representations
 
     rng = np.random.RandomState(0)

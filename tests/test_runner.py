@@ -47,7 +47,7 @@ def project(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_selection():
+def test_only_and_from_select_notebooks_by_number_and_reject_unknown_numbers():
     names = ["01_translate_data", "02_train_variants", "03_collect_responses"]
     assert runner.select_notebooks(names, only="3,1", start=None) == [names[0], names[2]]
     assert runner.select_notebooks(names, only=None, start="02") == names[1:]
@@ -87,14 +87,12 @@ def test_missing_prerequisite_names_the_notebook_to_run_first(project, capsys):
     assert not (project / "rendered/t").exists()  # stopped before any work
 
 
-def test_run_all_rejects_an_unknown_section_within_seconds(tmp_path):
+def test_run_all_rejects_an_unknown_section_naming_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("common: {}\n01_tranlsate_data: {}\n")
-    started = time.time()
     out = subprocess.run([str(REPO / "run_all.sh"), str(bad)], capture_output=True, text=True)
     assert out.returncode == 2
     assert "unknown section '01_tranlsate_data'" in out.stderr and str(bad) in out.stderr
-    assert time.time() - started < 15
 
 
 def test_run_all_help():

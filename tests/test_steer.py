@@ -218,7 +218,7 @@ def test_miniature_prompts_are_the_worlds_own_describe_sentence():
 def test_ifl_table_arithmetic_and_paper_tables():
     """IFL = image - text, IFL + remedy = steered image - text, on the steered items only; a
     model's average is the unweighted mean of its cells (the paper's Table 5 = mean of 6-9)."""
-    from ifl.prepare_steering import ifl_table, paper_tables
+    from ifl.stages.steering import ifl_table, paper_tables
 
     def rows(cell, image, text):
         bench, lang = cell
@@ -246,15 +246,14 @@ def test_ifl_table_arithmetic_and_paper_tables():
     np.testing.assert_allclose(cells[t5.set_index("model").index], t5["ifl"], atol=6e-4)  # 6-9 average to 5
 
 
-def test_steering_must_generate_as_notebook_03(tmp_path):
-    from ifl.params import dump, load_params
+def test_steering_must_generate_as_notebook_03():
+    from ifl.params import load_params
     from ifl.params_schema import Steering
-    from ifl.prepare_steering import check_generation_matches_03
+    from ifl.stages.collect_responses import generation_settings
+    from ifl.stages.steering import check_generation_matches_03
 
     params = load_params("params/default.yaml")
-    folder = tmp_path / "03_collect_responses"
-    folder.mkdir()
-    (folder / "params.yaml").write_text(dump(params))
-    check_generation_matches_03(tmp_path, params.steering)  # the default file agrees with itself
+    generation = generation_settings(params.collect_responses, "cpu")  # what 03 writes
+    check_generation_matches_03(generation, params.steering)  # the default file agrees with itself
     with pytest.raises(ValueError, match="max_new_tokens: 07_steering has 99"):
-        check_generation_matches_03(tmp_path, Steering(**{**params.steering.model_dump(), "max_new_tokens": 99}))
+        check_generation_matches_03(generation, Steering(**{**params.steering.model_dump(), "max_new_tokens": 99}))

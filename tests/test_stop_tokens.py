@@ -91,7 +91,7 @@ def test_image_first_reaches_the_prompt(tiny, tmp_path):
     (first,) = build_items(tasks, template("llava_hf"), ("text",))
     assert first.prompt == "USER: A picture number 0.\nQuestion 0? ASSISTANT:"
 
-    from ifl.prepare_collect import run_template
+    from ifl.runtime import run_template
     row = pd.Series(dict(template="gemma", image_first=False))
     assert run_template(row) == dataclasses.replace(template("gemma"), image_first=False)
     assert run_template(pd.Series(dict(template="gemma"))).image_first  # older models.csv

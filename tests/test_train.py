@@ -98,9 +98,14 @@ def _assemble(world, vision="clip", llm="llm", **kw):
 
 
 def _train(world, model, proc, out, stage="full", records="instruct", **kw):
-    args = dict(stage=stage, lr=1e-2, global_batch=4, micro_batch=2, max_steps=2, max_length=64,
-                out_dir=out, progress=False)
-    return train_stage(model, proc, world[records], world["root"] / "images", CHAT, **(args | kw))
+    """train_stage with small settings; keywords that name a StageSettings field change it, the
+    others (qlora, callback, resume, ...) go to train_stage."""
+    fields = {f.name for f in dataclasses.fields(StageSettings)}
+    settings = StageSettings(**({"lr": 1e-2, "global_batch": 4, "micro_batch": 2, "max_steps": 2,
+                                 "max_length": 64} | {k: v for k, v in kw.items() if k in fields}))
+    run = {k: v for k, v in kw.items() if k not in fields}
+    return train_stage(model, proc, world[records], world["root"] / "images", CHAT, settings,
+                       stage=stage, out_dir=out, **({"progress": False} | run))
 
 
 # --- assembly -------------------------------------------------------------------------------
@@ -417,12 +422,12 @@ import json, sys, torch
 torch.set_num_threads(1)
 from pathlib import Path
 from ifl.prompts import template
-from ifl.train import assemble_llava, train_stage
+from ifl.train import StageSettings, assemble_llava, train_stage
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
 model, proc = assemble_llava(root / "llm", root / "clip", tokenizer=root / "tok")
 train_stage(model, proc, json.loads((root / "instruct.json").read_text()), root / "images",
-            template("llava_hf"), stage="full", lr=1e-2, global_batch=4, micro_batch=1,
-            max_steps=2, max_length=64, out_dir=out, progress=False)
+            template("llava_hf"), StageSettings(lr=1e-2, global_batch=4, micro_batch=1, max_steps=2,
+            max_length=64), stage="full", out_dir=out, progress=False)
 """
 
 
@@ -527,7 +532,7 @@ def test_learning_rates_follow_the_training_mode():
     """Switching `training` takes the other recipe's rates unless the user set one: QLoRA
     (finetune_lora.sh: LoRA 2e-4, projector 2e-5), full (finetune.sh: 2e-5), stage 1 1e-3."""
     from ifl.params_schema import TrainVariants
-    from ifl.prepare_variants import paper_learning_rates, stage_settings
+    from ifl.stages.train_variants import paper_learning_rates, stage_settings
     qlora = TrainVariants(training="qlora")
     full = TrainVariants(training="full")
     assert [s.lr for s in stage_settings(qlora, "paper")] == [1e-3, 2e-4]

@@ -104,9 +104,9 @@ def run_check(models: pd.DataFrame, tasks: pd.DataFrame, out_dir: Path, *, n_ite
               device: str, dtype: str, predict: Callable[[list[str]], list[str]],
               **collect_kwargs) -> pd.DataFrame:
     """Notebook 03's precision check for every off-the-shelf model of a models table (rows of
-    `ifl.prepare_collect.models_table`): one table, rows model x (nf4, bf16, nf4 - bf16)."""
+    `ifl.stages.collect_responses.models_table`): one table, rows model x (nf4, bf16, nf4 - bf16)."""
     from ifl.models import load_llava
-    from ifl.prepare_collect import run_template
+    from ifl.runtime import run_template
 
     sample = precision_sample(tasks, n_items=n_items, seed=seed)
     frames = []

@@ -25,21 +25,20 @@ from pathlib import Path
 
 import torch
 
+from ifl.answer_spans import IGNORE, join_pieces, labels_of
 from ifl.data.miniature import concepts, gold_language, make_tasks, pretraining_corpus
 from ifl.mini.common import fresh_dir, is_done, lr_at, mark_done
 from ifl.mini.tokenizer import split_prompt
 from ifl.progress import report as report_progress
 from ifl.prompts import ChatTemplate, query, segments, template
 
-IGNORE = -100   # label of tokens outside the loss (the convention of transformers' CE loss)
 EVAL_SEED_OFFSET = 10_007   # held-out tasks come from another seed than any training corpus
 
 
 def encode_chat(tokenizer, pieces: Sequence[tuple[str, bool]]) -> tuple[list[int], list[int]]:
     """(input_ids, labels) of a conversation given as `ifl.prompts.segments` pieces.
 
-    The text is tokenised in one go (as at inference), then a token is trained iff it starts
-    inside a trained piece; tokenising pieces one by one would give other tokens at the seams.
+    Masked by ifl.answer_spans, the rule LLaVA training (ifl/train/data.py) uses too.
 
     >>> from ifl.mini.tokenizer import train_tokenizer
     >>> import tempfile
@@ -48,15 +47,9 @@ def encode_chat(tokenizer, pieces: Sequence[tuple[str, bool]]) -> tuple[list[int
     >>> tok.decode([i for i, l in zip(ids, labels) if l != IGNORE])
     ' Yes.</s>'
     """
-    text, trained, pos = "", [], 0
-    for piece, is_trained in pieces:
-        if is_trained:
-            trained.append((pos, pos + len(piece)))
-        text += piece
-        pos += len(piece)
+    text, spans = join_pieces(pieces)
     enc = tokenizer(text, return_offsets_mapping=True)
-    labels = [tid if end > start and any(a <= start < b for a, b in trained) else IGNORE
-              for tid, (start, end) in zip(enc["input_ids"], enc["offset_mapping"])]
+    labels = labels_of(enc["input_ids"], enc["offset_mapping"], spans).tolist()
     return enc["input_ids"], labels
 
 

@@ -2,7 +2,7 @@
 
 Each folder can be passed as `source=` to the real loaders in `ifl.data` (or set as the
 params key `<name>_source`), so the paper-world code path runs without network. Column names
-and arrow types are the hub's (shared/reference/SOURCES.md): parquet with README `configs`
+and arrow types are the hub's (docs/sources.md): parquet with README `configs`
 for MaXM, XM3600 and the PALO LLaVA-Bench mirror, an imagefolder for VisIT-Bench, one CSV for
 MultiQ, JSON for the LLaVA-v1.5 training data. Images are two tiny generated pictures (a red
 square, two blue circles); the text is short sentences about them in every split's language.
@@ -329,7 +329,7 @@ def _turns(*values: str) -> list[dict]:
     return [{"from": "human" if i % 2 == 0 else "gpt", "value": v} for i, v in enumerate(values)]
 
 
-PRETRAIN_RECORDS = [  # the first is the record shape documented in SOURCES.md §5
+PRETRAIN_RECORDS = [  # the first is the record shape documented in docs/sources.md §5
     {"id": "004539375", "image": "00453/004539375.jpg", "conversations": _turns(
         "Render a clear and concise summary of the photo.\n<image>",
         "select luxury furniture 3 - inch gel memory foam mattress topper")},

@@ -1,6 +1,6 @@
 """Join a pretrained LLM and a pretrained vision tower into one `LlavaForConditionalGeneration`.
 
-LLaVA-1.5's recipe (SOURCES.md §5): features of the tower's penultimate layer
+LLaVA-1.5's recipe (docs/sources.md §5): features of the tower's penultimate layer
 (`vision_feature_layer=-2`), CLS dropped (`"default"`), a randomly initialised 2-layer GELU MLP
 (`mlp2x_gelu`) into the LLM's embedding space, `<image>` as one added token that the processor
 expands to one placeholder per image feature. Everything lives in the stock transformers

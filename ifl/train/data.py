@@ -1,6 +1,6 @@
 """LLaVA JSON records -> token ids with answer-only labels, pixel tensors, padded micro-batches.
 
-Record (LLaVA's schema, SOURCES.md §5; `image` absent for text-only records):
+Record (LLaVA's schema, docs/sources.md §5; `image` absent for text-only records):
     {"id": "...", "image": "coco/train2017/1.jpg",
      "conversations": [{"from": "human", "value": "<image>\\nWhat is it?"}, {"from": "gpt", ...}]}
 
@@ -29,9 +29,9 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ifl.answer_spans import IGNORE, join_pieces, labels_of
 from ifl.prompts import IMAGE_TOKEN, ChatTemplate, conversation_turns, segments
 
-IGNORE = -100  # label of tokens outside the loss (torch cross-entropy's ignore_index)
 PRELOAD_LIMIT_BYTES = 2 * 2**30  # pre-load all pixel tensors when they fit in this
 log = logging.getLogger(__name__)
 
@@ -62,17 +62,6 @@ def render(record: dict, template: ChatTemplate | str, image_to_front: bool = Tr
     return segments(template, turns)
 
 
-def _labels_from_offsets(offsets: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
-    """Boolean per token: its first character lies in a trained character span.
-    offsets: (n_tokens, 2) start/end characters; special tokens added by the tokenizer (BOS)
-    have an empty span and are never trained."""
-    start, end = offsets[:, 0], offsets[:, 1]
-    trained = np.zeros(len(offsets), dtype=bool)
-    for a, b in spans:
-        trained |= (start >= a) & (start < b)
-    return trained & (end > start)
-
-
 def encode_records(records: list[dict], tokenizer, template: ChatTemplate | str, *,
                    image_token_id: int, n_image_tokens: int, max_length: int,
                    image_to_front: bool = True, progress: bool = False
@@ -82,13 +71,7 @@ def encode_records(records: list[dict], tokenizer, template: ChatTemplate | str,
     would be cut by truncation is dropped (LLaVA would fail on it); its position is not kept."""
     texts, spans = [], []
     for rec in records:
-        pieces = render(rec, template, image_to_front)
-        text, pos, trained = "", 0, []
-        for piece, is_trained in pieces:
-            if is_trained:
-                trained.append((pos, pos + len(piece)))
-            text += piece
-            pos += len(piece)
+        text, trained = join_pieces(render(rec, template, image_to_front))
         texts.append(text)
         spans.append(trained)
     ids_out, labels_out, kept = [], [], []
@@ -97,9 +80,7 @@ def encode_records(records: list[dict], tokenizer, template: ChatTemplate | str,
         enc = tokenizer(texts[lo:lo + chunk], add_special_tokens=True, return_offsets_mapping=True)
         for k, (ids, offsets) in enumerate(zip(enc["input_ids"], enc["offset_mapping"])):
             ids = np.asarray(ids, dtype=np.int64)
-            trained = _labels_from_offsets(np.asarray(offsets, dtype=np.int64).reshape(-1, 2),
-                                           spans[lo + k])
-            labels = np.where(trained, ids, IGNORE)
+            labels = labels_of(ids, offsets, spans[lo + k])  # the rule the miniature's LMs use
             where = np.flatnonzero(ids == image_token_id)
             if len(where):  # one <image> -> n_image_tokens placeholders, never trained
                 p = where[0]

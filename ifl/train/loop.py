@@ -1,8 +1,8 @@
 """`train_stage`: one LLaVA training stage, the same code for the miniature (CPU) and the paper.
 
-    res = train_stage(model, processor, "captions.json", "images/", "plain", stage="projector",
-                      lr=1e-3, global_batch=256, micro_batch=32, max_length=2048,
-                      out_dir="runs/x/vicuna-clip-en/stage1", save_every=200)
+    res = train_stage(model, processor, "captions.json", "images/", "plain",
+                      StageSettings.llava_stage1(micro_batch=32), stage="projector",
+                      out_dir="runs/x/vicuna-clip-en/stage1")
     res.losses.tail()   # step, loss, lr, grad_norm, targets, samples, epoch, seconds
 
 Batch arithmetic: each optimizer step sees `global_batch` records, split over the processes of
@@ -43,6 +43,7 @@ from ifl.train.data import IGNORE, LlavaDataset, SamplePlan
 from ifl.train.lora import (LoraSettings, base_llava, export_model, param_groups, set_trainable,
                             trainable_summary)
 from ifl.train.precision import autocast, downcast, upcast_trainable
+from ifl.train.settings import StageSettings
 
 RESULT = "result.json"
 MODEL = "model"
@@ -97,16 +98,9 @@ def _finished(out_dir: Path, settings: dict) -> TrainResult | None:
 
 
 def train_stage(model, processor, records: list[dict] | str | Path, image_folder: str | Path | None,
-                template: ChatTemplate | str, *, stage: str, lr: float, global_batch: int,
-                micro_batch: int, epochs: float = 1.0, max_steps: int | None = None,
-                warmup_ratio: float = 0.03, scheduler: str = "cosine", weight_decay: float = 0.0,
-                max_grad_norm: float | None = 1.0, adam_eps: float = 1e-8, max_length: int = 2048,
-                out_dir: str | Path,
-                seed: int = 0, save_every: int | None = None, keep_checkpoints: int = 2,
-                resume: bool = True, qlora: LoraSettings | None = None,
-                gradient_checkpointing: bool = False, image_to_front: bool = True,
-                pad_to_square: bool = False, preload_images: bool | None = None,
-                num_workers: int = 0, loss_norm: str = "tokens", log_every: int = 10,
+                template: ChatTemplate | str, settings: StageSettings, *, stage: str,
+                out_dir: str | Path, seed: int = 0, qlora: LoraSettings | None = None,
+                resume: bool = True, keep_checkpoints: int = 2, log_every: int = 10,
                 progress: bool = True,
                 callback: Callable[[int, dict], None] | None = None) -> TrainResult:
     """Train one stage and save the result to `out_dir/model` (save_pretrained + processor).
@@ -118,9 +112,16 @@ def train_stage(model, processor, records: list[dict] | str | Path, image_folder
     loss_norm: "tokens" (mean over the answer tokens of the global batch; accumulation-invariant)
     or "micro_batch" (mean of per-micro-batch token means, what LLaVA's 2023 HF Trainer did).
     """
+    lr, global_batch, micro_batch = settings.lr, settings.global_batch, settings.micro_batch
+    epochs, max_steps, warmup_ratio = settings.epochs, settings.max_steps, settings.warmup_ratio
+    scheduler, weight_decay, adam_eps = settings.scheduler, settings.weight_decay, settings.adam_eps
+    max_grad_norm, max_length, loss_norm = settings.max_grad_norm, settings.max_length, settings.loss_norm
+    image_to_front, pad_to_square = settings.image_to_front, settings.pad_to_square
+    preload_images, num_workers = settings.preload_images, settings.num_workers
+    save_every, gradient_checkpointing = settings.save_every, settings.gradient_checkpointing
     out_dir = Path(out_dir)
     records = load_records(records)
-    settings = {"stage": stage, "lr": lr, "global_batch": global_batch, "epochs": epochs,
+    recorded = {"stage": stage, "lr": lr, "global_batch": global_batch, "epochs": epochs,
                 "max_steps": max_steps, "warmup_ratio": warmup_ratio, "scheduler": scheduler,
                 "weight_decay": weight_decay, "max_grad_norm": max_grad_norm, "adam_eps": adam_eps,
                 "max_length": max_length, "seed": seed, "n_records": len(records),
@@ -130,7 +131,7 @@ def train_stage(model, processor, records: list[dict] | str | Path, image_folder
                 "loss_norm": loss_norm}
     if loss_norm not in ("tokens", "micro_batch"):
         raise ValueError(f"loss_norm must be 'tokens' or 'micro_batch', got {loss_norm!r}")
-    if resume and (done := _finished(out_dir, settings)) is not None:
+    if resume and (done := _finished(out_dir, recorded)) is not None:
         return done
     accelerator, accum, world, global_batch, micro_batch = _accelerator(
         global_batch, micro_batch, max_grad_norm, n_records=len(records))
@@ -176,7 +177,7 @@ def train_stage(model, processor, records: list[dict] | str | Path, image_folder
     ckpt = latest_checkpoint(out_dir)
     if ckpt is not None:
         state, rows = load_checkpoint(ckpt, accelerator, model, optimizer, sched)
-        if state["settings"] != json.loads(json.dumps(settings, default=str)):
+        if state["settings"] != json.loads(json.dumps(recorded, default=str)):
             raise ValueError(f"{ckpt} was written with other settings; pass resume=False (or "
                              f"delete {out_dir / CHECKPOINTS}) to start this stage afresh")
         start = resumed_from = state["step"]
@@ -216,7 +217,7 @@ def train_stage(model, processor, records: list[dict] | str | Path, image_folder
         if save_every and (step + 1) % save_every == 0:
             save_checkpoint(accelerator, model, optimizer, sched, out_dir=out_dir, step=step + 1,
                             state={"step": step + 1, "samples": (step + 1) * global_batch,
-                                   "settings": settings}, losses=rows, keep=keep_checkpoints)
+                                   "settings": recorded}, losses=rows, keep=keep_checkpoints)
         if callback is not None:
             callback(step + 1, rows[-1])
     bar.close()
@@ -229,14 +230,14 @@ def train_stage(model, processor, records: list[dict] | str | Path, image_folder
     seconds = rows[-1]["seconds"] if rows else 0.0
     if accelerator.is_main_process:
         losses.to_csv(out_dir / "losses.csv", index=False)
-        write_json_atomic(out_dir / RESULT, {"settings": settings, "steps": total,
+        write_json_atomic(out_dir / RESULT, {"settings": recorded, "steps": total,
                                              "seconds": seconds, "resumed_from": resumed_from,
                                              **summary})  # written last: the stage is finished
         shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)  # only needed to resume
     accelerator.wait_for_everyone()
     unwrapped.eval()
     return TrainResult(losses=losses, model_dir=out_dir / MODEL, steps=total, seconds=seconds,
-                       resumed_from=resumed_from, summary={"settings": settings, **summary},
+                       resumed_from=resumed_from, summary={"settings": recorded, **summary},
                        model=unwrapped)
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -36,8 +36,9 @@ from ifl.train.lora import LoraSettings
 from ifl.train.loop import TrainResult, train_stage
 from ifl.train.memory import release_memory
 from ifl.train.preflight import check_images
+from ifl.train.settings import StageSettings
 
-# Components of §8b (SOURCES.md), read from the one model table (ifl/models.yaml);
+# Components of docs/sources.md §8b, read from the one model table (ifl/models.yaml);
 # "template" is each LLM's chat format in ifl/prompts.yaml.
 LLMS = {name: {"hub": model_info(name).hub_id, "template": model_info(name).template}
         for name in ("vicuna", "yi", "leo")}
@@ -76,48 +77,6 @@ def variant(name: str, **kwargs) -> VariantSpec:
                    f"{', '.join(s.name for s in design_space(**kwargs))}")
 
 
-@dataclass(frozen=True)
-class StageSettings:
-    """Arguments of one `train_stage` call. format: "chat" (the LLM's template) or "plain"
-    (LLaVA-1.5's stage-1 format: image then caption). Constructors give LLaVA-1.5's values."""
-    lr: float
-    global_batch: int
-    micro_batch: int
-    epochs: float = 1.0
-    max_steps: int | None = None
-    warmup_ratio: float = 0.03
-    scheduler: str = "cosine"
-    weight_decay: float = 0.0
-    max_grad_norm: float | None = 1.0
-    max_length: int = 2048
-    format: str = "chat"
-    image_to_front: bool = True
-    pad_to_square: bool = False
-    save_every: int | None = None
-    gradient_checkpointing: bool = False
-    num_workers: int = 0
-    preload_images: bool | None = None
-    loss_norm: str = "tokens"
-    extra: dict = field(default_factory=dict)  # any other train_stage keyword
-
-    @classmethod
-    def llava_stage1(cls, micro_batch: int = 32, **kw) -> "StageSettings":
-        """pretrain.sh: projector only, lr 1e-3, batch 256, 'plain' prompts, square images."""
-        return cls(**({"lr": 1e-3, "global_batch": 256, "micro_batch": micro_batch,
-                       "format": "plain", "save_every": 200} | kw))
-
-    @classmethod
-    def llava_stage2(cls, micro_batch: int = 16, **kw) -> "StageSettings":
-        """finetune.sh: projector + LLM, lr 2e-5, batch 128, chat template, images padded square."""
-        return cls(**({"lr": 2e-5, "global_batch": 128, "micro_batch": micro_batch,
-                       "pad_to_square": True, "save_every": 200} | kw))
-
-    def train_kwargs(self) -> dict:
-        kw = asdict(self)
-        kw.pop("format")
-        return kw.pop("extra") | kw
-
-
 @dataclass
 class VariantResult:
     spec: VariantSpec
@@ -154,6 +113,8 @@ def recipe(spec: VariantSpec, llm_path, vision_path, stage1: StageSettings, stag
     def plain(settings: StageSettings) -> dict:
         d = asdict(settings)
         d["extra"] = {k: v for k, v in d["extra"].items() if not callable(v)}
+        if d["adam_eps"] == StageSettings.adam_eps:  # recorded only when changed, so variants
+            del d["adam_eps"]                         # trained before it was a setting stay done
         return d
     return json.loads(json.dumps(
         {"spec": asdict(spec), "llm": component_id(llm_path), "vision": component_id(vision_path),
@@ -233,10 +194,10 @@ def train_variant(spec: VariantSpec, llm_path: str | Path, vision_path: str | Pa
         folder = folders.get(part, manifest.get("image_folder"))
         stage_dir = out / f"stage{1 if stage == 'projector' else 2}"
         model, processor = load() if not (stage_dir / RESULT).exists() else (None, None)
-        res = train_stage(model, processor, data[part], folder, fmt,
+        res = train_stage(model, processor, data[part], folder, fmt, settings,
                           stage=stage, out_dir=stage_dir,
                           seed=seed, qlora=qlora if stage == "full" else None,
-                          progress=progress, **settings.train_kwargs())
+                          progress=progress, **settings.extra)
         res.model = model = processor = None
         release_memory()
         return res

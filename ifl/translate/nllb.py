@@ -1,7 +1,7 @@
 """NLLB-200 backend (the paper's training-data translator, §4.1: "NLLB-1.7-distilled").
 
 No 1.7B NLLB checkpoint exists on the hub; the distilled ones are 600M and 1.3B, so the model id
-is a parameter with the 1.3B distilled default (shared/reference/SOURCES.md §7). Pin `revision`
+is a parameter with the 1.3B distilled default (docs/sources.md §7). Pin `revision`
 to a commit: the store keys translations by model id, revision and decoding settings.
 Example (needs the downloaded weights; the output shown is illustrative, not a recorded run):
 

@@ -1,4 +1,4 @@
-"""Notebook 07: steer each model towards the query's language (ifl.steer) on the image condition,
+"""Notebook 07 (§5.3-5.4, Tables 5-9): steer each model towards the query's language (ifl.steer) on the image condition,
 score the steered responses as notebook 04 scored the rest, and set IFL beside IFL + remedy.
 
     IFL          = fidelity(image) - fidelity(text)            (notebook 04's responses)
@@ -9,21 +9,19 @@ the paper's Table 5 is the mean of the cells of its Tables 6-9.
 """
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from ifl.collect import collect_responses
-from ifl.params_schema import ScoreLanguages, Steering
-from ifl.prepare_collect import run_template
-from ifl.score import join_tasks, score_language
-from ifl.steer import LanguageSteering, steering_vector
 
-# the paper's model and benchmark names (Tables 5-9) -> ours
-PAPER_MODELS = {"llava7b": "llava-1.5-7b", "llava13b": "llava-1.5-13b", "bakllava": "bakllava",
-                "llava-gemma2b": "llava-gemma-2b", "llavagemma2b": "llava-gemma-2b"}
-PAPER_BENCHMARKS = {"llavaw": "llavaw", "maxm": "maxm", "visitazure": "visit"}
+from ifl import paper
+from ifl.collect import collect_responses
+from ifl.params_schema import Steering
+from ifl.runtime import cpu_threads, free_memory, load_model, run_template, sample_parallel_items
+from ifl.score import exact_fidelity, join_tasks, load_identifier_from, score_language
+from ifl.steer import LanguageSteering, default_layer, steering_vector
+
+GENERATION_KEYS = ("max_new_tokens", "dtype", "quantization")  # must match notebook 03's
 
 
 def steer_models(models: pd.DataFrame, p: Steering) -> pd.DataFrame:
@@ -50,20 +48,8 @@ def steer_tasks(scored: pd.DataFrame, tasks: pd.DataFrame, model: str, langs: li
     done = scored[(scored["model"] == model) & (scored["image"] == 1) & scored["lang"].isin(langs)]
     if benchmarks is not None:
         done = done[done["benchmark"].isin(benchmarks)]
-    if per_cell is not None:
-        rng, keep = np.random.default_rng(seed), []
-        for _, part in done.groupby("benchmark", sort=True):
-            keep += rng.permutation(sorted(part["parallel_id"].unique()))[:per_cell].tolist()
-        done = done[done["parallel_id"].isin(keep)]
+    done = sample_parallel_items(done, per_cell, seed)
     return tasks[tasks["task_id"].isin(set(done["task_id"]))].sort_values("task_id").reset_index(drop=True)
-
-
-def load(row, p: Steering, device: str):
-    from ifl.models import load_llava
-
-    revision = None if pd.isna(row.revision) else row.revision
-    return load_llava(row.source, revision=revision, dtype=p.dtype, device=device,
-                      quantization=None if p.quantization == "none" else p.quantization)
 
 
 def vectors(model, processor, prompts: dict[str, str], layer: int, p: Steering, template: str):
@@ -102,30 +88,20 @@ def collect_steered(model, processor, row, tasks: pd.DataFrame, vecs: dict, p: S
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def check_generation_matches_03(run_dir: Path, p: Steering) -> None:
+def check_generation_matches_03(generation: dict, p: Steering) -> None:
     """IFL + remedy compares steered answers with notebook 03's unsteered ones: both must be
-    generated alike. Raise naming the keys that differ from runs/<run>/03_collect_responses/."""
-    from ifl.params import load_params
-
-    path = run_dir / "03_collect_responses" / "params.yaml"
-    if not path.exists():
-        return
-    collected = load_params(path).collect_responses
-    differ = [f"{key}: 07_steering has {getattr(p, key)!r}, notebook 03 ran with "
-              f"{getattr(collected, key)!r}" for key in ("max_new_tokens", "dtype", "quantization")
-              if getattr(p, key) != getattr(collected, key)]
+    generated alike. `generation` is what notebook 03 recorded (generation.json); raise naming
+    the keys that differ."""
+    differ = [f"{key}: 07_steering has {getattr(p, key)!r}, notebook 03 ran with {generation[key]!r}"
+              for key in GENERATION_KEYS if getattr(p, key) != generation[key]]
     if differ:
-        raise ValueError(f"07_steering must generate as notebook 03 did ({path}): " + "; ".join(differ))
+        raise ValueError("07_steering must generate as notebook 03 did (its generation.json): "
+                         + "; ".join(differ))
 
 
-def identifier_as_in_04(run_dir: Path):
-    """The language identifier notebook 04 used: `prepare_score.identifier_for` with 04's settings
-    from runs/<run>/04_score_languages/params.yaml (written by the runner), else the defaults."""
-    from ifl.params import load_params
-    from ifl.prepare_score import identifier_for
-
-    path = run_dir / "04_score_languages" / "params.yaml"
-    return identifier_for(load_params(path).score_languages if path.exists() else ScoreLanguages())
+def identifier_as_in_04(record: dict):
+    """The language identifier notebook 04 used, rebuilt from its identifier.json."""
+    return load_identifier_from(record)
 
 
 def score(responses: pd.DataFrame, tasks: pd.DataFrame, identifier, world: str) -> pd.DataFrame:
@@ -135,13 +111,6 @@ def score(responses: pd.DataFrame, tasks: pd.DataFrame, identifier, world: str) 
     if world == "miniature":
         out["fidelity_exact"] = exact_fidelity(out)
     return out
-
-
-def exact_fidelity(scored: pd.DataFrame) -> np.ndarray:
-    from ifl.data.miniature import gold_language
-
-    return np.array([float(gold_language(r or "") == lang)
-                     for r, lang in zip(scored["response"].fillna(""), scored["lang"])])
 
 
 def ifl_table(base: pd.DataFrame, steered: pd.DataFrame, column: str = "fidelity_lid") -> pd.DataFrame:
@@ -168,15 +137,8 @@ def ifl_table(base: pd.DataFrame, steered: pd.DataFrame, column: str = "fidelity
 
 
 def paper_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The paper's Table 5 and Tables 6-9 (ifl/paper/), with our model and benchmark names."""
-    def read(name):
-        return pd.read_csv(resources.files("ifl.paper").joinpath(name).open(encoding="utf-8"))
-
-    t5 = read("table5_steering_summary.csv").assign(model=lambda d: d["model"].map(PAPER_MODELS))
-    t69 = read("table6-9_steering_by_language.csv")
-    t69 = t69.assign(model=t69["model"].map(PAPER_MODELS),
-                     benchmark=t69["dataset"].map(PAPER_BENCHMARKS).fillna(t69["dataset"]))
-    return t5, t69.drop(columns="dataset")
+    """The paper's Table 5 and Tables 6-9, with our model and benchmark names."""
+    return paper.table5(), paper.tables6_9()
 
 
 def beside_paper(ours: pd.DataFrame, paper_cells: pd.DataFrame) -> pd.DataFrame:
@@ -189,3 +151,73 @@ def beside_paper(ours: pd.DataFrame, paper_cells: pd.DataFrame) -> pd.DataFrame:
 def sweep_layers(depths: list[float], n_layers: int) -> list[int]:
     """floor(f x n_layers) for each fraction, without repeats, in order."""
     return sorted({int(f * n_layers) for f in depths})
+
+
+def steer_all(models: pd.DataFrame, scored: pd.DataFrame, tasks: pd.DataFrame, prompts: dict[str, str],
+              langs: list[str], p: Steering, *, responses_dir: Path, vectors_dir: Path, device: str,
+              seed: int) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Every model of `models` steered on its image-condition tasks: (steered responses,
+    vector diagnostics, the steering convention per model). Vectors are saved as
+    `vectors_dir/<model>.pt`; each model is loaded, steered and released in turn."""
+    import torch
+
+    runs, diagnostics, conventions = [], [], {}
+    with cpu_threads(p.threads, device):
+        for row in models.itertuples():
+            model, processor = load_model(row, dtype=p.dtype, quantization=p.quantization, device=device)
+            layer = default_layer(model) if p.layer is None else p.layer
+            vecs, diag = vectors(model, processor, prompts, layer, p, row.template)
+            diagnostics.append(diag.assign(model=row.model))
+            conventions[row.model] = {k: v for k, v in next(iter(vecs.values())).settings.items()
+                                      if k != "x_lang"}
+            vectors_dir.mkdir(parents=True, exist_ok=True)
+            torch.save({lang: v.vector for lang, v in vecs.items()}, vectors_dir / f"{row.model}.pt")
+            todo = steer_tasks(scored, tasks, row.model, langs, p.benchmarks, p.max_tasks_per_cell, seed)
+            runs.append(collect_steered(model, processor, row, todo, vecs, p, responses_dir))
+            del model, processor
+            free_memory()
+    return pd.concat(runs, ignore_index=True), pd.concat(diagnostics, ignore_index=True), conventions
+
+
+def layer_sweep(row, scored: pd.DataFrame, tasks: pd.DataFrame, prompts: dict[str, str], langs: list[str],
+                p: Steering, *, identifier, world: str, fidelity_columns: list[str], responses_dir: Path,
+                device: str, seed: int) -> tuple[pd.DataFrame, int, int]:
+    """One model (`row` of notebook 03's models), a few items per cell (`sweep_tasks_per_cell`),
+    the same vectors' recipe at each layer of `sweep_depths` and each scale of `sweep_scales`:
+    (one 'average' row of `ifl_table` per layer x scale x fidelity column, the model's number
+    of layers, its default layer)."""
+    from ifl.compat import decoder_layers
+
+    parts = []
+    with cpu_threads(p.threads, device):
+        model, processor = load_model(row, dtype=p.dtype, quantization=p.quantization, device=device)
+        n_layers = len(decoder_layers(model))
+        todo = steer_tasks(scored, tasks, row.model, langs, p.benchmarks, p.sweep_tasks_per_cell, seed)
+        for layer in sweep_layers(p.sweep_depths, n_layers):
+            vecs, _ = vectors(model, processor, prompts, layer, p, row.template)
+            for scale in p.sweep_scales:
+                at_scale = p.model_copy(update={"scale": scale})
+                got = score(collect_steered(model, processor, row, todo, vecs, at_scale, responses_dir,
+                                            progress=False), tasks, identifier, world)
+                for col in fidelity_columns:
+                    t = ifl_table(scored, got, col)
+                    parts.append(t[t["benchmark"] == "average"].assign(layer=layer, scale=scale, fidelity=col))
+        default = default_layer(model) if p.layer is None else p.layer
+        del model, processor
+        free_memory()
+    return pd.concat(parts, ignore_index=True), n_layers, default
+
+
+def summary(table: pd.DataFrame, paper5: pd.DataFrame | None) -> pd.DataFrame:
+    """Table 5: each model's 'average' row (beside the paper's where `paper5` is given)."""
+    out = table[table["benchmark"] == "average"].drop(columns=["benchmark", "lang"])
+    if paper5 is not None:
+        out = out.merge(paper5.drop(columns="relative_increase_pct"), on="model", how="left",
+                        suffixes=("", "_paper"))
+    return out
+
+
+def headline(summary_table: pd.DataFrame) -> str:
+    avg = summary_table.set_index("model")
+    return "IFL -> IFL + remedy (LID): " + "; ".join(
+        f"{m} {r.ifl:+.3f} -> {r.ifl_remedy:+.3f}" for m, r in avg.iterrows())

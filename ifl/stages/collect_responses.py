@@ -1,4 +1,4 @@
-"""Notebook 03: which models answer which tasks, and collecting their responses.
+"""Notebook 03: which models answer which tasks, and collecting their responses (§3.1).
 
 Both worlds run the same loop: every model of the run (off-the-shelf LLaVAs for Figure 1, the
 variants notebook 02 trained for Table 4) answers every selected task in every condition through
@@ -7,8 +7,6 @@ are all stored is not even loaded again.
 """
 from __future__ import annotations
 
-import dataclasses
-import gc
 import hashlib
 import json
 import logging
@@ -17,14 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ifl.collect import collect_responses, load_responses
 from ifl.collect.store import model_dir
 from ifl.models import model_info, template_for
-from ifl.prompts import ChatTemplate, template
 from ifl.params_schema import CollectResponses
-from ifl.prepare_variants import MINI_TEMPLATE, torch_threads
+from ifl.runtime import (cpu_threads, free_memory, load_model, run_template, sample_parallel_items,
+                         variant_template)
 from ifl.stage import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -45,12 +42,10 @@ def models_table(p: CollectResponses, world: str, variants: pd.DataFrame | None)
                 raise FileNotFoundError("03_collect_responses.models lists 'variants' but notebook 02 "
                                         "has no variants.csv: run notebook 02 first")
             for v in variants.itertuples():
-                # miniature LMs were pretrained in one chat format; real LLMs keep their own
-                tmpl = MINI_TEMPLATE if world == "miniature" else template_for(v.llm).name
                 # trained with `<image>` first (ifl.train.data moves it there)
                 rows.append(dict(model=v.variant, kind="variant", source=v.model_dir, revision=None,
-                                 template=tmpl, image_first=True, llm=v.llm, vision=v.vision,
-                                 data_lang=v.data_lang))
+                                 template=variant_template(v.llm, world), image_first=True, llm=v.llm,
+                                 vision=v.vision, data_lang=v.data_lang))
             continue
         if name not in p.model_sources:
             raise KeyError(f"03_collect_responses.models names {name!r}, which has no entry in "
@@ -81,13 +76,7 @@ def select_tasks(tasks: pd.DataFrame, *, benchmarks: list[str] | None, max_per_c
                            f"(there: {sorted(tasks['benchmark'].unique())})")
         tasks = tasks[tasks["benchmark"].isin(benchmarks)]
     tasks = tasks[tasks["lang"].isin(languages)]
-    if max_per_cell is not None:
-        rng = np.random.default_rng(seed)
-        keep = []
-        for _, part in tasks.groupby("benchmark", sort=True):
-            ids = np.array(sorted(part["parallel_id"].unique()))
-            keep.extend(rng.permutation(ids)[:max_per_cell].tolist())
-        tasks = tasks[tasks["parallel_id"].isin(keep)]
+    tasks = sample_parallel_items(tasks, max_per_cell, seed)
     return tasks.sort_values("task_id").reset_index(drop=True)
 
 
@@ -106,14 +95,6 @@ def weights_id(source: str, revision: str | None) -> str:
         digest.update(path.read_bytes() if stat.st_size <= HASH_LIMIT
                       else f"{stat.st_size}:{stat.st_mtime_ns}".encode())
     return f"{source}#{digest.hexdigest()[:16]}"
-
-
-def run_template(row) -> ChatTemplate:
-    """The chat template a models-table row prompts with, its `image_first` included (a table
-    written before that column existed: True)."""
-    image_first = getattr(row, "image_first", True)
-    image_first = True if pd.isna(image_first) else bool(image_first)
-    return dataclasses.replace(template(row.template), image_first=image_first)
 
 
 def forget_stale(out_dir: Path, model: str, identity: str) -> bool:
@@ -163,26 +144,21 @@ def collect_all(models: pd.DataFrame, tasks: pd.DataFrame, out_dir: Path, p: Col
                 device: str, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(responses, timing): every model's responses (stored ones read back), one row per
     model x task x condition, and a per-model timing summary."""
-    from ifl.models import load_llava
-
     frames, timing = [], []
-    quantization = None if p.quantization == "none" else p.quantization
-    with torch_threads(p.threads if device == "cpu" else None):
+    with cpu_threads(p.threads, device):
         for row in models.itertuples():
             forget_stale(out_dir, row.model, weights_id(row.source, row.revision))
             todo = missing_pairs(out_dir, row.model, tasks, p.conditions)
             start = time.perf_counter()
             if todo:
-                model, processor = load_llava(row.source, revision=row.revision, dtype=p.dtype,
-                                              quantization=quantization, device=device)
+                model, processor = load_model(row, dtype=p.dtype, quantization=p.quantization,
+                                              device=device)
                 df = collect_responses(model, processor, tasks, model_name=row.model,
                                        template=run_template(row), conditions=tuple(p.conditions),
                                        max_new_tokens=p.max_new_tokens, batch_size=p.batch_size,
                                        out_dir=out_dir, progress=progress)
                 del model, processor
-                gc.collect()
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+                free_memory()
             else:
                 df = load_responses(out_dir, row.model)
                 df = df[df["task_id"].isin(set(tasks["task_id"])) & df["condition"].isin(p.conditions)]
@@ -191,3 +167,37 @@ def collect_all(models: pd.DataFrame, tasks: pd.DataFrame, out_dir: Path, p: Col
                                mean_new_tokens=float(df["n_new_tokens"].mean()) if len(df) else np.nan))
             frames.append(df)
     return pd.concat(frames, ignore_index=True), pd.DataFrame(timing)
+
+
+def generation_settings(p: CollectResponses, device: str) -> dict:
+    """How the responses were generated (generation.json): a later stage that generates more
+    (notebook 07's steered runs) must generate alike to be comparable."""
+    return {"max_new_tokens": p.max_new_tokens, "dtype": p.dtype, "quantization": p.quantization,
+            "conditions": list(p.conditions), "batch_size": p.batch_size, "device": device}
+
+
+def answer_lengths(responses: pd.DataFrame, tasks: pd.DataFrame, max_new_tokens: int) -> pd.DataFrame:
+    """Per benchmark and condition: completions, mean new tokens, empty answers, the share that
+    hit the token limit, seconds per completion."""
+    return (responses.merge(tasks[["task_id", "benchmark"]], on="task_id")
+            .groupby(["benchmark", "condition"])
+            .agg(completions=("response", "size"), mean_new_tokens=("n_new_tokens", "mean"),
+                 empty=("response", lambda s: int((s.str.strip() == "").sum())),
+                 hit_limit=("n_new_tokens", lambda s: float((s >= max_new_tokens).mean())),
+                 s_per_completion=("seconds", "mean")))
+
+
+def example_answers(responses: pd.DataFrame, tasks: pd.DataFrame, model: str) -> pd.DataFrame:
+    """The first parallel item answered by `model`, every language, with and without the image."""
+    item = tasks["parallel_id"].iloc[0]
+    return (responses[responses["model"] == model]
+            .merge(tasks[["task_id", "parallel_id", "lang", "question"]], on="task_id")
+            .query("parallel_id == @item")
+            .pivot_table(index=["lang", "question"], columns="condition", values="response",
+                         aggfunc="first"))
+
+
+def headline(responses: pd.DataFrame, models: pd.DataFrame, timing: pd.DataFrame) -> str:
+    generated = int(timing["generated_now"].sum())
+    return (f"{len(responses):,} responses from {len(models)} models "
+            f"({generated:,} generated now in {timing['wall_s'].sum() / 60:.1f} min)")

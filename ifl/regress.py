@@ -1,4 +1,6 @@
-"""Notebook 05: Figure 1 and Table 4 of the paper, debiased with DSL (`ifl.dsl`).
+"""The regressions of notebook 05: image effects per group (Figure 1) and Table 4's design
+effects, each estimated four ways. DSL itself is `ifl.dsl`; the three comparison fits go
+through statsmodels.
 
 Every regression is estimated four ways, side by side (long frames, column `estimator`):
   dsl          design-based supervised learning: surrogate on every row, expert gold on the
@@ -9,7 +11,8 @@ Every regression is estimated four ways, side by side (long frames, column `esti
                but uses ~5% of the rows
   oracle       miniature only: least squares on the exact truth on every row (`*_true`), the
                number DSL should recover; never used by an estimator
-Standard errors of all four have the same form (sandwich, clustered, no small-sample factor).
+Standard errors of all four have the same form: DSL's sandwich, clustered, without a small-sample
+factor (statsmodels `cov_type="cluster"` with `use_correction=False`, or `HC0` without clusters).
 
 Choices (params `05_dsl_regressions`, see ifl/params_schema.py `DslRegressions`):
 - pooled: the groups of one figure (e.g. model x benchmark cells) are estimated in ONE DSL fit of
@@ -29,11 +32,10 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from importlib import resources
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import statsmodels.api as sm
 from formulaic import model_matrix
 from scipy.stats import norm
 from threadpoolctl import threadpool_limits
@@ -67,20 +69,15 @@ LANGUAGE_SETS = {"Chinese": ("zh", "yi"), "German": ("de", "leo")}
 FACTORS = ("LLM", "VE", "Data")  # the paper's row names: Vicuna -> Yi/Leo, CLIP -> DINOv2, en -> target
 TABLE4_TERMS = {"Image": "image", "LLM": "image:LLM", "VE": "image:VE", "Data": "image:Data"}
 
-# The paper's names (ifl/paper/*.csv) -> ours (ifl/models.yaml, benchmark ids of notebook 01).
-PAPER_MODELS = {"llava-v1.5-7b": "llava-1.5-7b", "llava-v1.5-13b": "llava-1.5-13b",
-                "bakllava": "bakllava", "llava-gemma-2b": "llava-gemma-2b"}
-PAPER_BENCHMARKS = {"ViSIT": "visit", "LLaVAW": "llavaw", "MaXM": "maxm"}
-MODEL_ORDER = list(PAPER_MODELS.values())
-
-
 # --- estimators -----------------------------------------------------------------------------
 
 def ols(data: pd.DataFrame, formula: str, *, cluster: str | None = None,
         weights: np.ndarray | None = None) -> pd.DataFrame:
-    """(Weighted) least squares with a clustered sandwich SE of DSL's form (no small-sample
-    factor). Returns a frame indexed by term with `estimate`, `se`; raises ValueError when the
-    design is rank deficient.
+    """(Weighted) least squares (statsmodels WLS) with the standard error of DSL's form: the
+    clustered sandwich without small-sample factor (HC0 when `cluster` is None), so the four
+    estimators' intervals are comparable. Returns a frame indexed by term with `estimate`, `se`;
+    raises ValueError when the design is rank deficient (statsmodels would quietly use a
+    pseudo-inverse).
 
     >>> d = pd.DataFrame({"y": [0.0, 1, 1, 1], "image": [1, 1, 0, 0]})
     >>> ols(d, "y ~ image")["estimate"].round(3).tolist()
@@ -92,17 +89,16 @@ def ols(data: pd.DataFrame, formula: str, *, cluster: str | None = None,
     w = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=float)
     if np.linalg.matrix_rank(X * np.sqrt(w)[:, None]) < X.shape[1]:
         raise ValueError(f"{formula!r} is rank deficient on these rows")
-    bread = np.linalg.inv((X.T * w) @ X)
-    beta = bread @ (X.T @ (w * y))
-    scores = X * (w * (y - X @ beta))[:, None]
-    if cluster is not None:
-        codes = pd.factorize(data[cluster])[0]
-        scores = np.column_stack([np.bincount(codes, weights=s, minlength=codes.max() + 1)
-                                  for s in scores.T])
-    V = bread @ (scores.T @ scores) @ bread
-    terms = list(mm.rhs.columns)
+    model = sm.WLS(y, X, weights=w)
+    if cluster is None:
+        fit = model.fit(cov_type="HC0")
+    else:
+        groups = pd.factorize(data[cluster])[0]
+        fit = model.fit(cov_type="cluster", cov_kwds={"groups": groups, "use_correction": False,
+                                                      "df_correction": False})
+    V = np.asarray(fit.cov_params())
     se = np.sqrt(np.clip(np.diag(V), 0.0, None))  # an exactly fitted term gives -1e-18
-    return pd.DataFrame({"estimate": beta, "se": se}, index=terms)
+    return pd.DataFrame({"estimate": np.asarray(fit.params), "se": se}, index=list(mm.rhs.columns))
 
 
 def choose_cluster(data: pd.DataFrame, preferred: str, min_clusters: int) -> tuple[str | None, str]:
@@ -233,52 +229,6 @@ def group_effects(data: pd.DataFrame, by: list[str], outcome: Outcome, p: DslReg
     return out.reindex(columns=cols)
 
 
-def figure1_rows(scored: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """The responses Figure 1 is about, and whose they are: the off-the-shelf LLaVA models
-    (kind 'llava') where the run has any (the paper), else every trained variant (the miniature,
-    whose English-trained vicuna-clip-en variant stands in for LLaVA-1.5)."""
-    if (scored["kind"] == "llava").any():
-        return scored[scored["kind"] == "llava"], "off-the-shelf LLaVA models"
-    return scored[scored["kind"] == "variant"], "trained variants (no off-the-shelf models in this run)"
-
-
-def model_order(models: pd.DataFrame | pd.Series) -> list[str]:
-    """Plot order: the paper's off-the-shelf models first, then variants by LLM, vision, data."""
-    names = list(dict.fromkeys(models))
-    rank = {"vicuna": 0, "yi": 1, "leo": 2, "clip": 0, "dinov2": 1, "en": 0, "zh": 1, "de": 2}
-
-    def key(name: str):
-        if name in MODEL_ORDER:
-            return (0, MODEL_ORDER.index(name), 0, 0)
-        parts = name.split("-")
-        return (1, *[rank.get(x, 9) for x in parts[:3]], name)
-    return sorted(names, key=key)
-
-
-def figure1(scored: pd.DataFrame, p: DslRegressions, *, seed: int) -> pd.DataFrame:
-    """Figure 1: IFL (image effect on fidelity) per model x benchmark, every estimator, with the
-    paper's reported value where the paper reports that cell (`paper`, as a proportion)."""
-    rows, _ = figure1_rows(scored)
-    out = group_effects(rows, ["model", "benchmark"], OUTCOMES["fidelity"], p, seed=seed)
-    paper = paper_figure1()
-    out = out.merge(paper[["model", "benchmark", "paper"]], on=["model", "benchmark"], how="left")
-    out.loc[out["estimator"] != "dsl", "paper"] = np.nan
-    return out
-
-
-def model_family(scored: pd.DataFrame) -> pd.Series:
-    """An off-the-shelf model is its own family; a variant belongs to its LLM's family."""
-    return pd.Series(np.where(scored["kind"] == "llava", scored["model"],
-                              scored["llm"].fillna("?").astype(str) + " variants"),
-                     index=scored.index, name="family")
-
-
-def language_breakdown(scored: pd.DataFrame, p: DslRegressions, *, seed: int) -> pd.DataFrame:
-    """IFL per model family x query language (the paper pools languages within a benchmark)."""
-    data = scored.assign(family=model_family(scored))
-    return group_effects(data, ["family", "lang"], OUTCOMES["fidelity"], p, seed=seed)
-
-
 # --- Table 4: design effects ----------------------------------------------------------------
 
 def design_data(scored: pd.DataFrame, language_set: str) -> pd.DataFrame:
@@ -362,54 +312,6 @@ def table4(scored: pd.DataFrame, p: DslRegressions, *, seed: int, main_effects: 
     return pd.concat(results, ignore_index=True).reindex(columns=cols)
 
 
-# --- the paper's numbers --------------------------------------------------------------------
-
-def _read_paper(name: str) -> pd.DataFrame:
-    return pd.read_csv(resources.files("ifl.paper").joinpath(name).open(encoding="utf-8"))
-
-
-def paper_figure1() -> pd.DataFrame:
-    """The IFL values the paper's text reports (the extremes per model; Figure 1 itself is an
-    image), with our model and benchmark names and `paper` as a proportion (-5.9 pp -> -0.059)."""
-    paper = _read_paper("figure1_ifl_text.csv")
-    return paper.assign(model=paper["model"].map(PAPER_MODELS),
-                        benchmark=paper["benchmark"].map(PAPER_BENCHMARKS),
-                        paper=paper["ifl_pp_reported"] / 100)
-
-
-def paper_table4() -> pd.DataFrame:
-    """The paper's Table 4 (fidelity and accuracy coefficients of Image x factor, 95% CIs)."""
-    return _read_paper("table4_design_effects.csv").rename(columns={"term": "row"})
-
-
-def table4_beside_paper(t4: pd.DataFrame) -> pd.DataFrame:
-    """Our Table 4 interactions (DSL, and the oracle where there is one) beside the paper's:
-    one row per language set x factor, estimates with their CIs."""
-    paper = paper_table4()
-    ours = t4[t4["row"].isin(FACTORS)]
-    wide = paper[["language_set", "row"]].copy()
-    for name, paper_col in (("fidelity", "ifl"), ("accuracy", "accuracy")):
-        for est in ("dsl", "oracle", "naive"):
-            part = ours[(ours["outcome"] == name) & (ours["estimator"] == est)]
-            if part.empty:
-                continue
-            part = part.set_index(["language_set", "row"])
-            idx = pd.MultiIndex.from_frame(wide[["language_set", "row"]])
-            wide[f"{name}_{est}"] = part["estimate"].reindex(idx).to_numpy()
-            if est == "dsl":
-                wide[f"{name}_dsl_ci"] = [_ci_text(lo, hi) for lo, hi in zip(
-                    part["ci_low"].reindex(idx), part["ci_high"].reindex(idx))]
-                wide[f"{name}_dsl_note"] = part["note"].reindex(idx).fillna("").to_numpy()
-        wide[f"{name}_paper"] = paper[f"{paper_col}_effect"]
-        wide[f"{name}_paper_ci"] = [_ci_text(lo, hi) for lo, hi in
-                                    zip(paper[f"{paper_col}_ci_low"], paper[f"{paper_col}_ci_high"])]
-    return wide
-
-
-def _ci_text(lo: float, hi: float) -> str:
-    return "" if pd.isna(lo) or pd.isna(hi) else f"[{lo:.2f}, {hi:.2f}]"
-
-
 # --- summaries -------------------------------------------------------------------------------
 
 def wide(effects: pd.DataFrame, by: list[str]) -> pd.DataFrame:
@@ -444,164 +346,3 @@ def recovery(effects: pd.DataFrame, by: list[str]) -> pd.DataFrame:
                                         & (d["oracle"] <= d[f"{est}_ci_high"])).mean()),
                      "mean_ci_width": float((d[f"{est}_ci_high"] - d[f"{est}_ci_low"]).mean())})
     return pd.DataFrame(rows)
-
-
-# --- plots -----------------------------------------------------------------------------------
-
-STYLE = {"dsl": ("C0", "o", "DSL (debiased)"), "naive": ("C3", "s", "naive (surrogate only)"),
-         "labels_only": ("C2", "^", "labels only (1/π-weighted gold)"),
-         "oracle": ("k", "D", "oracle (truth on every row)")}
-
-
-def forest_plot(effects: pd.DataFrame, *, row: str, panel: str, estimators=("dsl", "naive", "oracle"),
-                row_order: list[str] | None = None, title: str = "", level: float = 0.95,
-                highlight: set[str] = frozenset()):
-    """Estimates with CIs: one panel per value of `panel`, one line per value of `row`, the
-    estimators offset vertically; the paper's value (column `paper`) as a red x where given."""
-    panels = list(dict.fromkeys(effects[panel]))
-    rows = row_order or list(dict.fromkeys(effects[row]))
-    estimators = [e for e in estimators if e in set(effects["estimator"])]
-    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(4.2 * max(len(panels), 1), 0.32 * len(rows) + 1.6),
-                             sharey=True, squeeze=False)
-    offsets = np.linspace(-0.25, 0.25, len(estimators)) if len(estimators) > 1 else [0.0]
-    for ax, pan in zip(axes[0], panels):
-        part = effects[effects[panel] == pan]
-        for off, est in zip(offsets, estimators):
-            d = part[part["estimator"] == est].set_index(row).reindex(rows)
-            y = np.arange(len(rows)) + off
-            color, marker, label = STYLE[est]
-            ax.errorbar(d["estimate"], y, xerr=[d["estimate"] - d["ci_low"], d["ci_high"] - d["estimate"]],
-                        fmt=marker, color=color, ms=4, lw=1, capsize=2, label=label)
-        if "paper" in part:
-            d = part[part["estimator"] == "dsl"].set_index(row).reindex(rows)
-            if d["paper"].notna().any():
-                ax.plot(d["paper"], np.arange(len(rows)), "x", color="red", ms=7, mew=2, label="paper (text)")
-        skipped = part[(part["estimator"] == "dsl") & part["estimate"].isna()]
-        for name in skipped[row]:
-            ax.annotate("skipped (few labels)", (0, rows.index(name)), xycoords=("axes fraction", "data"),
-                        fontsize=7, color="grey", va="center")
-        ax.axvline(0, color="grey", lw=0.8)
-        ax.set_title(str(pan))
-        ax.set_xlabel(f"effect of the image on fidelity ({level:.0%} CI)")
-    ax0 = axes[0][0]
-    ax0.set_yticks(np.arange(len(rows)))
-    ax0.set_yticklabels(rows)
-    for tick in ax0.get_yticklabels():
-        if tick.get_text() in highlight:
-            tick.set_fontweight("bold")
-    ax0.invert_yaxis()
-    handles, labels = ax0.get_legend_handles_labels()
-    for ax in axes[0][1:]:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False, fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    return fig
-
-
-def table4_plot(t4: pd.DataFrame, *, estimators=("dsl", "naive", "oracle"), level: float = 0.95):
-    """Table 4 as a coefficient plot: language set x outcome panels, the paper's value and CI
-    in red."""
-    paper = paper_table4()
-    t4 = t4[t4["row"].isin(FACTORS)]
-    outcomes = list(dict.fromkeys(t4["outcome"]))
-    fig, axes = plt.subplots(len(LANGUAGE_SETS), len(outcomes), figsize=(4.6 * len(outcomes), 5),
-                             squeeze=False, sharey=True)
-    estimators = [e for e in estimators if e in set(t4["estimator"])]
-    offsets = np.linspace(-0.22, 0.22, len(estimators) + 1)
-    y = np.arange(len(FACTORS))
-    for i, lset in enumerate(LANGUAGE_SETS):
-        for j, name in enumerate(outcomes):
-            ax = axes[i][j]
-            part = t4[(t4["language_set"] == lset) & (t4["outcome"] == name)]
-            for off, est in zip(offsets, estimators):
-                d = part[part["estimator"] == est].set_index("row").reindex(FACTORS)
-                color, marker, label = STYLE[est]
-                ax.errorbar(d["estimate"], y + off, xerr=[d["estimate"] - d["ci_low"], d["ci_high"] - d["estimate"]],
-                            fmt=marker, color=color, ms=4, lw=1, capsize=2, label=label)
-            pcol = "ifl" if name == "fidelity" else "accuracy"
-            pp = paper[paper["language_set"] == lset].set_index("row").reindex(FACTORS)
-            ax.errorbar(pp[f"{pcol}_effect"], y + offsets[-1], xerr=[pp[f"{pcol}_effect"] - pp[f"{pcol}_ci_low"],
-                        pp[f"{pcol}_ci_high"] - pp[f"{pcol}_effect"]], fmt="x", color="red", ms=6, lw=1,
-                        capsize=2, label="paper")
-            if part["estimate"].isna().all():
-                ax.text(0.5, 0.5, "not estimated (few labels)", transform=ax.transAxes, ha="center",
-                        color="grey", fontsize=8)
-            ax.axvline(0, color="grey", lw=0.8)
-            ax.set_title(f"{lset}: {name}")
-            ax.set_xlabel(f"coefficient of Image x factor ({level:.0%} CI)")
-    axes[0][0].set_yticks(y)
-    axes[0][0].set_yticklabels(["LLM: Vicuna→Yi/Leo", "VE: CLIP→DINOv2", "Data: en→target"])
-    axes[0][0].invert_yaxis()
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False, fontsize=8)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    return fig
-
-
-def language_plot(effects: pd.DataFrame, *, level: float = 0.95):
-    """IFL per query language, one line of DSL estimates (with CIs) per model family; the
-    oracle as hollow markers where the run has one."""
-    fam = list(dict.fromkeys(effects["family"]))
-    langs = sorted(set(effects["lang"]))
-    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(langs) + 3), 3.6))
-    offsets = np.linspace(-0.25, 0.25, len(fam)) if len(fam) > 1 else [0.0]
-    x = np.arange(len(langs))
-    for k, (f, off) in enumerate(zip(fam, offsets)):
-        d = effects[(effects["family"] == f) & (effects["estimator"] == "dsl")].set_index("lang").reindex(langs)
-        ax.errorbar(x + off, d["estimate"], yerr=[d["estimate"] - d["ci_low"], d["ci_high"] - d["estimate"]],
-                    fmt="o", color=f"C{k}", ms=4, capsize=2, lw=1, label=f"{f} (DSL)")
-        o = effects[(effects["family"] == f) & (effects["estimator"] == "oracle")].set_index("lang").reindex(langs)
-        if o["estimate"].notna().any():
-            ax.plot(x + off, o["estimate"], "D", mfc="none", color=f"C{k}", ms=5)
-    if (effects["estimator"] == "oracle").any():
-        ax.plot([], [], "D", mfc="none", color="grey", label="oracle")
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xticks(x)
-    ax.set_xticklabels(langs)
-    ax.set_xlabel("query language")
-    ax.set_ylabel(f"effect of the image on fidelity ({level:.0%} CI)")
-    ax.legend(fontsize=7, ncol=2, frameon=False)
-    fig.tight_layout()
-    return fig
-
-
-def measurement_errors(scored: pd.DataFrame) -> pd.DataFrame:
-    """How often each fidelity/accuracy measure disagrees: surrogate vs gold on the labeled rows
-    and, in the miniature, gold and surrogate vs the truth (annotator and identifier errors)."""
-    rows = []
-    lab = scored[scored["labeled"] == 1]
-    for name, o in OUTCOMES.items():
-        both = lab[lab[o.gold].notna()]
-        rows.append({"outcome": name, "comparison": "surrogate vs gold (labeled rows)", "rows": len(both),
-                     "disagree": float((both[o.surrogate] != both[o.gold]).mean()) if len(both) else np.nan})
-        if o.truth in scored:
-            rows.append({"outcome": name, "comparison": "gold vs truth (labeled rows)", "rows": len(both),
-                         "disagree": float((both[o.gold] != both[o.truth]).mean()) if len(both) else np.nan})
-            rows.append({"outcome": name, "comparison": "surrogate vs truth (all rows)", "rows": len(scored),
-                         "disagree": float((scored[o.surrogate] != scored[o.truth]).mean())})
-    return pd.DataFrame(rows)
-
-
-def headline(fig1: pd.DataFrame, t4: pd.DataFrame, recov: pd.DataFrame) -> str:
-    """One line with the key numbers: Figure 1's DSL range (and, in the miniature, how often
-    DSL's and the naive CIs cover the truth), and Table 4's DSL fidelity interactions beside
-    the paper's."""
-    d = fig1[(fig1["estimator"] == "dsl") & fig1["estimate"].notna()]
-    parts = [f"Fig. 1 DSL IFL {d['estimate'].min():+.2f} to {d['estimate'].max():+.2f} over {len(d)} "
-             f"model x benchmark cells" if len(d) else "Fig. 1: no cell had enough labels"]
-    if len(recov):
-        r = recov.set_index("estimator")
-        parts.append(f"truth inside the CI: DSL {r.loc['dsl', 'coverage']:.0%}, naive "
-                     f"{r.loc['naive', 'coverage']:.0%}")
-    paper = paper_table4().set_index(["language_set", "row"])
-    t = t4[(t4["outcome"] == "fidelity") & (t4["estimator"] == "dsl") & t4["row"].isin(FACTORS)]
-    for lset, part in t.groupby("language_set", sort=False):
-        est = part.set_index("row")["estimate"].reindex(list(FACTORS))
-        ours = "/".join("n.a." if pd.isna(v) else f"{v:+.2f}" for v in est)
-        theirs = "/".join(f"{paper.loc[(lset, f), 'ifl_effect']:+.2f}" for f in FACTORS)
-        parts.append(f"Table 4 {lset} LLM/VE/Data {ours} (paper {theirs})")
-    return "; ".join(parts)

@@ -1,5 +1,7 @@
 """Notebook 02: train the design-space variants (Table 3) in either world, and check each one.
 
+Paper: §4.1, Table 3, appendix A and F.1.
+
 Both worlds run the same engine (`ifl.train`): a LLaVA assembled from an LLM and a vision tower,
 stage 1 (projector on captions) then stage 2 (projector + LLM on conversations) in the variant's
 data language. The worlds differ only in where the components come from (hub ids vs the
@@ -17,14 +19,19 @@ from tqdm import tqdm
 
 from ifl.data.miniature.scenes import COLORS, POSITIONS, SHAPES
 from ifl.params_schema import TrainVariants
+from ifl.runtime import MINI_TEMPLATE, torch_threads
 from ifl.train import LoraSettings, StageSettings, design_space, train_variant
 from ifl.train.preflight import check_manifest
 from ifl.train.recipes import learning_rates
 
-MINI_TEMPLATE = "llava_hf"  # the miniature LMs were pretrained in this chat format
 # How many answers each short question type allows: the chance level of a blind guess.
 N_OPTIONS = {"color": len(COLORS), "shape": len(SHAPES), "count": 3, "exist": 2,
              "position": len(POSITIONS)}
+
+
+def design_space_table(p: TrainVariants) -> pd.DataFrame:
+    """The variants as a table (name, llm, vision, data_lang)."""
+    return pd.DataFrame([vars(s) for s in specs(p)])
 
 
 def specs(p: TrainVariants):
@@ -162,15 +169,37 @@ def _final_loss(result) -> float | None:
     return float(losses["loss"].tail(10).mean())
 
 
-class torch_threads:
-    """Run a block with `n` torch threads (None: unchanged), restoring the old count after."""
+def component_tables(metrics: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Miniature components: (LM metrics per language, tower metrics), for display."""
+    lm = metrics[metrics["kind"] == "lm"].pivot_table(index=["component", "metric"], columns="lang",
+                                                      values="value", aggfunc="first")
+    towers = metrics[metrics["kind"] == "tower"].pivot_table(index="component", columns="metric",
+                                                             values="value", aggfunc="first")
+    return lm, towers
 
-    def __init__(self, n: int | None):
-        self.n, self.old = n, torch.get_num_threads()
 
-    def __enter__(self):
-        if self.n:
-            torch.set_num_threads(self.n)
+def plot_loss_curves(curves: pd.DataFrame):
+    """Both stages' answer-token loss per variant (rolling mean over 5 steps)."""
+    import matplotlib.pyplot as plt
 
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.old)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.5), sharey=False)
+    for ax, (stage_name, title) in zip(axes, [("stage1", "stage 1: projector on captions"),
+                                             ("stage2", "stage 2: projector + LLM on conversations")]):
+        part = curves[curves["stage"] == stage_name] if len(curves) else curves
+        for name, rows in part.groupby("variant"):
+            ax.plot(rows["step"], rows["loss"].rolling(5, min_periods=1).mean(), label=name, lw=1)
+        ax.set_title(title); ax.set_xlabel("optimizer step"); ax.set_ylabel("answer-token loss")
+    axes[1].legend(fontsize=6, ncol=2)
+    return fig
+
+
+def headline(trained: pd.DataFrame, sanity: pd.DataFrame | None) -> str:
+    """One line: how many variants, how long, and (miniature) how well they answer."""
+    if sanity is not None:
+        check = (f"accuracy in the training language {sanity['accuracy'].min():.0%}-"
+                 f"{sanity['accuracy'].max():.0%} (chance {sanity['chance'].mean():.0%}; "
+                 f"one-object scenes {sanity['accuracy_one_object'].min():.0%}-"
+                 f"{sanity['accuracy_one_object'].max():.0%})")
+    else:
+        check = "real-world accuracy is scored in notebook 04"
+    return f"{len(trained)} variants trained ({trained['seconds'].sum() / 60:.1f} min this run); {check}"

@@ -1,4 +1,6 @@
-"""Notebook 04: the scored table that notebooks 05 and 07 estimate from.
+"""Notebook 04: score every response's language and draw the annotation sample (§3.2,
+appendices B-C): the scored table that notebooks 05 and 07 estimate from. The scoring itself
+(shared with notebook 07) is ifl/score.py.
 
 `scored.parquet` has one row per (model, task_id, condition):
   response facts     model, task_id, condition, image (1/0), benchmark, lang, parallel_id, response
@@ -18,30 +20,28 @@ is never written over a sheet holding labels (ifl.annotate.place_blank_sheet).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
-
-from pathlib import Path
 
 from ifl.annotate import (LABEL_COLUMNS, annotation_sample, annotation_weights, export_sheet,
                           import_given_sheet, import_sheet, inclusion_probabilities,
                           place_blank_sheet, read_sheet, write_sheet)
-from ifl.langid import Identifier, load_fallback, load_identifier
+from ifl.langid import Identifier
 from ifl.params_schema import ScoreLanguages
-from ifl.score import join_tasks, miniature_gold, score_language
+from ifl.score import (accuracy_surrogate, identifier_settings, join_tasks, load_identifier_from,
+                       miniature_gold, score_language)
 
 MODEL_FACTS = ["model", "kind", "llm", "vision", "data_lang"]
 
 
-def identifier_for(p: ScoreLanguages) -> Identifier:
-    """The language identifier the params ask for (which one was used is its `.name`)."""
-    if p.identifier == "fallback":
-        return load_fallback()
-    source = p.glotlid_source
-    if p.glotlid_revision is not None:
-        return load_identifier(source, revision=p.glotlid_revision,
-                               allow_fallback=p.identifier == "auto")
-    return load_identifier(source, allow_fallback=p.identifier == "auto")
+def identifier_for(p: ScoreLanguages) -> tuple[Identifier, dict]:
+    """The language identifier the params ask for (which one was used is its `.name`), and the
+    settings that rebuild it (written as identifier.json for notebook 07)."""
+    settings = identifier_settings(p.identifier, p.glotlid_source, p.glotlid_revision)
+    identifier = load_identifier_from(settings)
+    return identifier, {**settings, "name": identifier.name}
 
 
 def score_responses(responses: pd.DataFrame, tasks: pd.DataFrame, models: pd.DataFrame,
@@ -51,11 +51,7 @@ def score_responses(responses: pd.DataFrame, tasks: pd.DataFrame, models: pd.Dat
     scored = scored.merge(tasks[["task_id", "question"]], on="task_id", how="left")  # for the sheet
     scored = scored.merge(models[MODEL_FACTS], on="model", how="left", validate="many_to_one")
     scored = score_language(scored, identifier)
-    # A cheap surrogate for accuracy (the paper's was a GPT-4o judge): the reference answer
-    # appears verbatim in the response. It misses paraphrases and inflections, which DSL corrects.
-    scored["correct_surrogate"] = [
-        float(bool(ref) and str(ref).strip().lower() in str(r).lower())
-        for r, ref in zip(scored["response"].fillna(""), scored["reference"].fillna(""))]
+    scored["correct_surrogate"] = accuracy_surrogate(scored["response"], scored["reference"])
     return scored
 
 
@@ -157,3 +153,61 @@ def surrogate_errors(scored: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     lab = scored[scored["labeled"] == 1].copy()
     lab["wrong"] = (lab["fidelity_lid"] != lab["fidelity_gold"]).astype(float)
     return lab.groupby(by).agg(labeled=("wrong", "size"), disagreement=("wrong", "mean"))
+
+
+LENGTH_BINS = ([-1, 0, 2, 5, 10, 1000], ["0", "1-2", "3-5", "6-10", ">10"])  # words
+
+
+def length_bin(scored: pd.DataFrame) -> pd.Series:
+    """Response length in words, binned (the paper: the identifier errs more on short texts)."""
+    lengths = scored["response"].fillna("").str.split().str.len()
+    return pd.cut(lengths, LENGTH_BINS[0], labels=LENGTH_BINS[1])
+
+
+def empty_note(scored: pd.DataFrame) -> str:
+    empty = scored["response"].fillna("").str.strip() == ""
+    label = scored.loc[empty, "lid_label"].iloc[0] if empty.any() else "-"
+    return f"{len(scored):,} responses scored; {int(empty.sum())} empty (label {label})"
+
+
+def plot_fidelity_by_language(table: pd.DataFrame, benchmarks: list[str]):
+    """Mean surrogate fidelity over models per query language, image vs text, for the first two
+    benchmarks."""
+    import matplotlib.pyplot as plt
+
+    by_lang = table.reset_index().groupby(["lang", "benchmark"])[["image", "text"]].mean()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+    for ax, bench in zip(axes, sorted(benchmarks)[:2]):
+        part = by_lang.xs(bench, level="benchmark") if bench in by_lang.index.get_level_values(1) else by_lang
+        part.plot.bar(ax=ax, rot=0)
+        ax.set_title(f"{bench}: mean surrogate fidelity over models"); ax.set_ylim(0, 1.05)
+        ax.set_xlabel("query language")
+    return fig
+
+
+def plot_identifier_errors_by_length(scored: pd.DataFrame):
+    """Miniature: share of rows where the identifier is wrong about fidelity (vs the truth), by
+    benchmark x response length."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    truth_gap = (scored.assign(wrong=(scored["fidelity_lid"] != scored["fidelity_true"]).astype(float))
+                 .groupby(["benchmark", "length_bin"], observed=True)["wrong"].mean().unstack())
+    fig, ax = plt.subplots(figsize=(6, 2.8))
+    sns.heatmap(truth_gap, annot=True, fmt=".2f", cmap="Reds", vmin=0, vmax=1, ax=ax)
+    ax.set_title("identifier wrong about fidelity (all rows, vs truth)")
+    ax.set_xlabel("response length (words)")
+    return fig
+
+
+def summary(scored: pd.DataFrame, by_model: pd.DataFrame, identifier: Identifier) -> tuple[str, dict]:
+    """(headline, metrics): identifier, labels, agreement with gold, naive IFL."""
+    labeled = scored[scored["labeled"] == 1]
+    naive_ifl = by_model["ifl"].mean() if "ifl" in by_model else float("nan")
+    agreement = (float((labeled["fidelity_lid"] == labeled["fidelity_gold"]).mean())
+                 if len(labeled) else float("nan"))
+    headline = (f"{len(scored):,} responses scored with {identifier.name.split(' (')[0]}; "
+                f"{len(labeled)} labeled; identifier agrees with gold fidelity on {agreement:.0%}; "
+                f"naive IFL (mean over models) {naive_ifl:+.3f}")
+    return headline, dict(identifier=identifier.name, n_scored=len(scored), n_labeled=int(len(labeled)),
+                          agreement=agreement, naive_ifl=float(naive_ifl))

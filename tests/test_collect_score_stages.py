@@ -6,8 +6,8 @@ import pytest
 from ifl.data.miniature import make_tasks
 from ifl.langid import load_fallback
 from ifl.params_schema import CollectResponses, ScoreLanguages
-from ifl.prepare_collect import models_table, select_tasks
-from ifl.prepare_score import annotate, score_responses
+from ifl.stages.collect_responses import models_table, select_tasks
+from ifl.stages.score_languages import annotate, score_responses
 
 
 def variants():
@@ -50,7 +50,7 @@ def test_select_tasks_keeps_the_same_items_in_every_language():
 
 
 def test_responses_of_retrained_weights_are_collected_again(tmp_path):
-    from ifl.prepare_collect import forget_stale, weights_id
+    from ifl.stages.collect_responses import forget_stale, weights_id
     weights = tmp_path / "variant"
     weights.mkdir()
     (weights / "config.json").write_text("{}")
@@ -203,7 +203,7 @@ def test_miniature_honours_a_given_sheet(scored, tmp_path):
 def test_identifier_glotlid_is_strict(tmp_path):
     """`identifier: glotlid` (paper.yaml) never falls back to lid.176: a missing GlotLID stops."""
     from ifl.params_schema import ScoreLanguages
-    from ifl.prepare_score import identifier_for
+    from ifl.stages.score_languages import identifier_for
     missing = str(tmp_path / "model_v3.bin")
     with pytest.raises(FileNotFoundError, match="GlotLID v3 is not available"):
         identifier_for(ScoreLanguages(identifier="glotlid", glotlid_source=missing))

@@ -1,4 +1,4 @@
-"""Notebook 05's logic (ifl/prepare_dsl.py) on small synthetic data with a known truth."""
+"""Notebook 05's logic (ifl/regress.py, ifl/stages/dsl_regressions.py) on small synthetic data with a known truth."""
 from __future__ import annotations
 
 import doctest
@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import statsmodels.api as sm
 
-from ifl import prepare_dsl
+from ifl import paper, regress
+from ifl.stages import dsl_regressions as stage05
 from ifl.params_schema import DslRegressions
 
 FAST = DslRegressions(learner="linear", cross_fit=5, sample_split=2, min_clusters=10, min_labeled=5)
@@ -63,35 +64,36 @@ def data():
 
 
 def test_doctests():
-    assert doctest.testmod(prepare_dsl).failed == 0
+    assert doctest.testmod(regress).failed == 0
+    assert doctest.testmod(stage05).failed == 0
 
 
 def test_ols_matches_statsmodels_cluster_and_weights(data):
     d = data.iloc[:600]
-    ours = prepare_dsl.ols(d.assign(y=d["fidelity_true"]), "y ~ image", cluster="parallel_id")
+    ours = regress.ols(d.assign(y=d["fidelity_true"]), "y ~ image", cluster="parallel_id")
     X = sm.add_constant(d["image"].astype(float))
     ref = sm.OLS(d["fidelity_true"], X).fit(cov_type="cluster", cov_kwds={
         "groups": pd.factorize(d["parallel_id"])[0], "use_correction": False, "df_correction": False})
     np.testing.assert_allclose(ours["estimate"], ref.params, atol=1e-10)
     np.testing.assert_allclose(ours["se"], ref.bse, rtol=1e-8)
     w = 1 / d["sample_prob"].to_numpy()
-    ours_w = prepare_dsl.ols(d.assign(y=d["fidelity_true"]), "y ~ image", weights=w)
+    ours_w = regress.ols(d.assign(y=d["fidelity_true"]), "y ~ image", weights=w)
     ref_w = sm.WLS(d["fidelity_true"], X, weights=w).fit(cov_type="HC0")
     np.testing.assert_allclose(ours_w["estimate"], ref_w.params, atol=1e-10)
     np.testing.assert_allclose(ours_w["se"], ref_w.bse, rtol=1e-8)
 
 
 def test_choose_cluster_falls_back_to_finer_levels(data):
-    assert prepare_dsl.choose_cluster(data, "parallel_id", 10) == ("parallel_id", "parallel_id (60)")
-    assert prepare_dsl.choose_cluster(data, "parallel_id", 100) == ("task_id", "task_id (120)")
-    col, note = prepare_dsl.choose_cluster(data, "parallel_id", 10**6)
+    assert regress.choose_cluster(data, "parallel_id", 10) == ("parallel_id", "parallel_id (60)")
+    assert regress.choose_cluster(data, "parallel_id", 100) == ("task_id", "task_id (120)")
+    col, note = regress.choose_cluster(data, "parallel_id", 10**6)
     assert col is None and note == f"rows ({len(data)})"
 
 
 def test_group_effects_recover_a_known_ifl_where_the_naive_estimate_is_biased(data):
     sub = data[data["model"].isin(["vicuna-clip-en", "yi-clip-zh"]) & (data["lang"] == "zh")]
-    eff = prepare_dsl.group_effects(sub, ["model"], prepare_dsl.OUTCOMES["fidelity"], FAST, seed=0)
-    w = prepare_dsl.wide(eff, ["model"]).set_index("model")
+    eff = regress.group_effects(sub, ["model"], regress.OUTCOMES["fidelity"], FAST, seed=0)
+    w = regress.wide(eff, ["model"]).set_index("model")
     assert set(w.index) == {"vicuna-clip-en", "yi-clip-zh"} and w["note"].isna().all()
     # the oracle is the truth of these rows; the simulated IFLs are -0.5 and -0.5+0.2+0.3 = 0
     assert w.loc["vicuna-clip-en", "oracle"] == pytest.approx(-0.5, abs=0.12)
@@ -99,7 +101,7 @@ def test_group_effects_recover_a_known_ifl_where_the_naive_estimate_is_biased(da
         row = w.loc[model]
         assert row["dsl_ci_low"] <= row["oracle"] <= row["dsl_ci_high"]
         assert row["naive_ci_high"] < row["oracle"]  # misread short answers: too much IFL
-    recov = prepare_dsl.recovery(eff, ["model"]).set_index("estimator")
+    recov = regress.recovery(eff, ["model"]).set_index("estimator")
     assert recov.loc["dsl", "coverage"] == 1.0 and recov.loc["naive", "coverage"] == 0.0
 
 
@@ -108,8 +110,8 @@ def test_pooled_fit_maps_each_group_to_its_own_coefficient(data):
     so the group -> term mapping is right; DSL differs only through the learner."""
     sub = data[data["lang"] == "de"]
     by = ["model", "lang"]
-    pooled = prepare_dsl.group_effects(sub, by, prepare_dsl.OUTCOMES["fidelity"], FAST, seed=0)
-    single = prepare_dsl.group_effects(sub, by, prepare_dsl.OUTCOMES["fidelity"],
+    pooled = regress.group_effects(sub, by, regress.OUTCOMES["fidelity"], FAST, seed=0)
+    single = regress.group_effects(sub, by, regress.OUTCOMES["fidelity"],
                                        FAST.model_copy(update={"pooled": False}), seed=0)
     for est in ("naive", "oracle"):
         a = pooled[pooled["estimator"] == est].set_index("model")["estimate"]
@@ -125,14 +127,14 @@ def test_groups_without_enough_labels_are_skipped_with_a_note(data):
     unlabeled = sub["model"] == "leo-clip-de"
     sub.loc[unlabeled, ["labeled"]] = 0
     sub.loc[unlabeled, ["fidelity_gold", "correct_gold"]] = np.nan
-    eff = prepare_dsl.group_effects(sub, ["model"], prepare_dsl.OUTCOMES["fidelity"], FAST, seed=0)
+    eff = regress.group_effects(sub, ["model"], regress.OUTCOMES["fidelity"], FAST, seed=0)
     skipped = eff[eff["model"] == "leo-clip-de"]
     assert len(skipped) == 1 and skipped["estimate"].isna().all()
     assert skipped["note"].iloc[0].startswith("skipped: 0 image / 0 text labeled rows")
     assert eff[(eff["model"] == "vicuna-clip-en") & (eff["estimator"] == "dsl")]["estimate"].notna().all()
     # nothing labeled anywhere: every group skipped, no crash
     none = sub.assign(labeled=0, fidelity_gold=np.nan)
-    eff = prepare_dsl.group_effects(none, ["model"], prepare_dsl.OUTCOMES["fidelity"], FAST, seed=0)
+    eff = regress.group_effects(none, ["model"], regress.OUTCOMES["fidelity"], FAST, seed=0)
     assert len(eff) == 2 and eff["estimate"].isna().all() and eff["note"].str.startswith("skipped").all()
 
 
@@ -140,24 +142,24 @@ def test_a_failing_fit_is_reported_not_raised(data):
     sub = data[(data["model"] == "vicuna-clip-en") & (data["lang"] == "de")
                & data["parallel_id"].isin([f"p{i}" for i in range(30)])]
     p = FAST.model_copy(update={"cross_fit": 50, "min_clusters": 20})  # 30 clusters, 50 folds
-    eff = prepare_dsl.group_effects(sub, ["model"], prepare_dsl.OUTCOMES["fidelity"], p, seed=0)
+    eff = regress.group_effects(sub, ["model"], regress.OUTCOMES["fidelity"], p, seed=0)
     assert len(eff) == 1 and eff["note"].iloc[0].startswith("not estimated:")
 
 
 def test_design_data_builds_the_papers_factors(data):
-    chinese = prepare_dsl.design_data(data, "Chinese")
+    chinese = regress.design_data(data, "Chinese")
     assert set(chinese["lang"]) == {"zh"}
     assert set(chinese["model"]) == {f"{l}-{v}-{d}" for l in ("vicuna", "yi")
                                      for v in ("clip", "dinov2") for d in ("en", "zh")}
     facts = chinese.drop_duplicates("model").set_index("model")
     assert facts.loc["yi-dinov2-zh", ["LLM", "VE", "Data"]].tolist() == [1, 1, 1]
     assert facts.loc["vicuna-clip-en", ["LLM", "VE", "Data"]].tolist() == [0, 0, 0]
-    german = prepare_dsl.design_data(data, "German")
+    german = regress.design_data(data, "German")
     assert set(german["llm"]) == {"vicuna", "leo"} and set(german["data_lang"]) == {"en", "de"}
 
 
 def test_table4_terms_and_signs_match_the_paper_convention(data):
-    t4 = prepare_dsl.table4(data, FAST, seed=0, outcomes=("fidelity",))
+    t4 = regress.table4(data, FAST, seed=0, outcomes=("fidelity",))
     oracle = t4[t4["estimator"] == "oracle"].set_index(["language_set", "row"])
     assert oracle.loc[("Chinese", "LLM"), "term"] == "image:LLM"
     # simulated: +0.2 (LLM), -0.1 (VE), +0.3 (Data), positive = less IFL as in the paper's Table 4
@@ -169,9 +171,9 @@ def test_table4_terms_and_signs_match_the_paper_convention(data):
     assert {"Intercept", "image", "LLM", "VE", "Data", "image:LLM"} <= set(t4["term"])
     assert dsl.loc[("German", "LLM"), "ci_low"] < oracle.loc[("German", "LLM"), "estimate"] \
         < dsl.loc[("German", "LLM"), "ci_high"]
-    literal = prepare_dsl.table4(data, FAST, seed=0, outcomes=("fidelity",), main_effects=False)
+    literal = regress.table4(data, FAST, seed=0, outcomes=("fidelity",), main_effects=False)
     assert not {"LLM", "VE", "Data"} & set(literal["term"])  # the paper's equation: interactions only
-    beside = prepare_dsl.table4_beside_paper(t4)
+    beside = stage05.table4_beside_paper(t4)
     assert len(beside) == 6 and beside.loc[0, "fidelity_paper"] == 0.17
     assert beside.loc[0, "fidelity_dsl"] == dsl.loc[("Chinese", "LLM"), "estimate"]
 
@@ -179,38 +181,38 @@ def test_table4_terms_and_signs_match_the_paper_convention(data):
 def test_table4_with_too_few_labels_or_missing_factor_is_noted(data):
     few = data.assign(labeled=np.where(data["lang"] == "zh", 0, data["labeled"]))
     few["fidelity_gold"] = few["fidelity_gold"].where(few["labeled"] == 1)
-    t4 = prepare_dsl.table4(few, FAST, seed=0, outcomes=("fidelity",))
+    t4 = regress.table4(few, FAST, seed=0, outcomes=("fidelity",))
     chinese = t4[t4["language_set"] == "Chinese"]
     assert chinese["estimate"].isna().all() and chinese["note"].str.startswith("skipped").all()
     assert t4[(t4["language_set"] == "German") & (t4["estimator"] == "dsl")]["estimate"].notna().all()
     clip_only = data[data["vision"] == "clip"]
-    t4 = prepare_dsl.table4(clip_only, FAST, seed=0, outcomes=("fidelity",))
+    t4 = regress.table4(clip_only, FAST, seed=0, outcomes=("fidelity",))
     ve = t4[(t4["language_set"] == "German") & (t4["row"] == "VE")]
     assert ve["note"].str.contains("no variant differs in VE").all()
 
 
 def test_figure1_rows_prefer_off_the_shelf_models(data):
-    rows, role = prepare_dsl.figure1_rows(data)
+    rows, role = stage05.figure1_rows(data)
     assert role.startswith("trained variants") and len(rows) == len(data)
     llava = data.iloc[:80].assign(model="llava-1.5-7b", kind="llava")
-    rows, role = prepare_dsl.figure1_rows(pd.concat([llava, data]))
+    rows, role = stage05.figure1_rows(pd.concat([llava, data]))
     assert role == "off-the-shelf LLaVA models" and set(rows["model"]) == {"llava-1.5-7b"}
-    order = prepare_dsl.model_order(["leo-clip-en", "llava-gemma-2b", "vicuna-dinov2-zh", "llava-1.5-7b"])
+    order = stage05.model_order(["leo-clip-en", "llava-gemma-2b", "vicuna-dinov2-zh", "llava-1.5-7b"])
     assert order == ["llava-1.5-7b", "llava-gemma-2b", "vicuna-dinov2-zh", "leo-clip-en"]
 
 
 def test_paper_values_use_our_names_and_proportions():
-    fig1 = prepare_dsl.paper_figure1()
+    fig1 = paper.figure1_reported()
     assert fig1["model"].notna().all() and set(fig1["benchmark"]) == {"visit", "llavaw"}
     assert fig1.set_index(["model", "benchmark"]).loc[("llava-1.5-7b", "visit"), "paper"] == pytest.approx(-0.059)
-    t4 = prepare_dsl.paper_table4()
+    t4 = paper.table4()
     assert list(t4["row"].unique()) == ["LLM", "VE", "Data"] and len(t4) == 6
 
 
 def test_headline_states_the_key_numbers(data):
-    fig1 = prepare_dsl.group_effects(data[data["lang"] == "de"], ["model", "benchmark"],
-                                     prepare_dsl.OUTCOMES["fidelity"], FAST, seed=0)
-    t4 = prepare_dsl.table4(data, FAST, seed=0, outcomes=("fidelity",))
-    line = prepare_dsl.headline(fig1, t4, prepare_dsl.recovery(fig1, ["model", "benchmark"]))
+    fig1 = regress.group_effects(data[data["lang"] == "de"], ["model", "benchmark"],
+                                     regress.OUTCOMES["fidelity"], FAST, seed=0)
+    t4 = regress.table4(data, FAST, seed=0, outcomes=("fidelity",))
+    line = stage05.headline(fig1, t4, regress.recovery(fig1, ["model", "benchmark"]))
     assert "truth inside the CI: DSL" in line and "Table 4 German LLM/VE/Data" in line
     assert "(paper +0.07/-0.11/-0.37)" in line

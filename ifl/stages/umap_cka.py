@@ -1,5 +1,5 @@
-"""Notebook 06: which tokens to embed, UMAP of image vs text tokens, CKA of two variants' image
-tokens across layers, and the two figures.
+"""Notebook 06 (§5.1-5.2, Figure 2): which tokens to embed, UMAP of image vs text tokens, and CKA
+of two variants' image tokens across layers. The plots are ifl/figures.py.
 
 Site indices follow ifl.hooks (0 = the LLM's input, l + 1 = output of decoder layer l).
 """
@@ -10,16 +10,16 @@ import pandas as pd
 
 from ifl.models import model_info, model_table, template_for
 from ifl.params_schema import UmapCka
-from ifl.prepare_variants import MINI_TEMPLATE
 from ifl.represent import Representations, cka, cka_matrix, extract, umap_embed
+from ifl.runtime import cpu_threads, free_memory, load_model, variant_template
 
 
 def resolve_model(name: str, p: UmapCka, world: str, variants: pd.DataFrame | None) -> dict:
     """{model, source, revision, template} of a variant of notebook 02 or a `model_sources` entry."""
     if variants is not None and name in set(variants["variant"]):
         v = variants.set_index("variant").loc[name]
-        tmpl = MINI_TEMPLATE if world == "miniature" else template_for(v["llm"]).name
-        return dict(model=name, source=v["model_dir"], revision=None, template=tmpl)
+        return dict(model=name, source=v["model_dir"], revision=None,
+                    template=variant_template(v["llm"], world))
     if name in p.model_sources:
         revision = model_info(name).revision if name in model_table() else None
         return dict(model=name, source=p.model_sources[name], revision=revision,
@@ -27,13 +27,6 @@ def resolve_model(name: str, p: UmapCka, world: str, variants: pd.DataFrame | No
     known = sorted(set(p.model_sources) | set([] if variants is None else variants["variant"]))
     raise KeyError(f"06_umap_cka: model {name!r} is neither a variant of notebook 02 nor a key of "
                    f"06_umap_cka.model_sources (known: {', '.join(known) or 'none'})")
-
-
-def load(row: dict, p: UmapCka, device: str):
-    from ifl.models import load_llava
-
-    return load_llava(row["source"], revision=row["revision"], dtype=p.dtype, device=device,
-                      quantization=None if p.quantization == "none" else p.quantization)
 
 
 def pick_items(tasks: pd.DataFrame, n: int, seed: int, lang: str | None = None) -> pd.DataFrame:
@@ -113,33 +106,56 @@ def cka_square(results: pd.DataFrame, debiased: bool) -> np.ndarray:
     return np.where(np.tril(np.ones_like(lin, dtype=bool)), lin, rbf)
 
 
-def plot_umap(points: pd.DataFrame, ax, title: str) -> None:
-    """Image tokens in grey, text tokens coloured by the question's language."""
-    import matplotlib.pyplot as plt
+def umap_of(name: str, tasks: pd.DataFrame, p: UmapCka, *, world: str, languages: list[str],
+            variants: pd.DataFrame | None, device: str, seed: int) -> tuple[pd.DataFrame, int]:
+    """Figure 2 left for model `name`: (UMAP points of its image and text tokens, its number of
+    decoder layers). The model is loaded, read and released."""
+    from ifl.compat import decoder_layers
 
-    img = points[points["kind"] == "image"]
-    ax.scatter(img["x"], img["y"], s=4, c="0.6", label=f"image tokens ({len(img)})", alpha=0.6)
-    colours = plt.get_cmap("tab20").colors
-    for k, (lang, part) in enumerate(points[points["kind"] == "text"].groupby("lang")):
-        ax.scatter(part["x"], part["y"], s=4, color=colours[k % len(colours)], label=f"{lang} ({len(part)})")
-    ax.set_title(title, fontsize=9)
-    ax.set_xticks([]); ax.set_yticks([])
-    ax.legend(fontsize=6, markerscale=3, loc="best")
+    row = resolve_model(name, p, world, variants)
+    images = pick_items(tasks, p.umap_images, seed)
+    questions = pick_questions(tasks, p.umap_questions, seed, languages)
+    with cpu_threads(p.threads, device):
+        model, processor = load_model(row, dtype=p.dtype, quantization=p.quantization, device=device)
+        points = umap_points(model, processor, images, questions, row["template"], p, seed)
+        n_layers = len(decoder_layers(model))
+        del model, processor
+        free_memory()
+    return points, n_layers
 
 
-def plot_cka(square: np.ndarray, ax, title: str, names: tuple[str, str]) -> object:
-    """Heatmap of `cka_square` (rows: sites of names[0], columns: of names[1]), drawn as a matrix
-    (row 0 on top) so that its lower triangle is the linear kernel's; values written in the
-    cells of small grids."""
-    im = ax.imshow(square, origin="upper", vmin=min(0.0, float(np.nanmin(square))), vmax=1.0,
-                   cmap="magma")
-    step = max(1, len(square) // 8)
-    ax.set_xticks(range(0, square.shape[1], step)); ax.set_yticks(range(0, square.shape[0], step))
-    if square.size <= 100:
-        for (i, j), value in np.ndenumerate(square):
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                    color="black" if value > 0.5 else "white")
-    ax.set_xlabel(f"{names[1]}: site (0 = LLM input, l+1 = layer l)", fontsize=8)
-    ax.set_ylabel(f"{names[0]}: site", fontsize=8)
-    ax.set_title(title, fontsize=9)
-    return im
+def cka_of_pair(tasks: pd.DataFrame, p: UmapCka, *, world: str, variants: pd.DataFrame | None,
+                device: str, seed: int) -> tuple[pd.DataFrame, int]:
+    """Figure 2 centre/right: (CKA results of `p.cka_pair`'s image tokens, number of images).
+    The same images, positions and question go through both models, loaded one at a time."""
+    items = pick_items(tasks, p.cka_images, seed + 1, lang=p.cka_prompt_lang)
+    states = {}
+    with cpu_threads(p.threads, device):
+        for name in p.cka_pair:
+            row = resolve_model(name, p, world, variants)
+            model, processor = load_model(row, dtype=p.dtype, quantization=p.quantization, device=device)
+            states[name] = image_states(model, processor, items, row["template"], p, seed)
+            del model, processor
+            free_memory()
+    a, b = (states[name] for name in p.cka_pair)
+    return cka_results(a, b, p.cka_threshold, seed), len(items)
+
+
+def same_site(results: pd.DataFrame) -> pd.DataFrame:
+    """CKA at matching sites (site_a == site_b), per kernel and debiasing."""
+    main = results[results["control"].isna()]
+    return main[main["site_a"] == main["site_b"]].pivot_table(
+        index="site_a", columns=["kernel", "debiased"], values="cka")
+
+
+def summary(points: pd.DataFrame, results: pd.DataFrame, p: UmapCka, n_layers: int) -> tuple[str, dict]:
+    """(headline, metrics) of the stage."""
+    diag = same_site(results)[("linear", False)]
+    chance = results[results["control"].notna() & ~results["debiased"].astype(bool)]["cka"].max()
+    n, d = int(results["n"].iloc[0]), int(results["d_a"].iloc[0])
+    headline = (f"UMAP of {len(points)} tokens at site {p.umap_site} of {p.umap_model}; linear CKA of "
+                f"{p.cka_pair[0]} vs {p.cka_pair[1]} image tokens at matching sites "
+                f"{diag.min():.2f}-{diag.max():.2f} (chance {chance:.2f}; n={n}, d={d})")
+    return headline, dict(umap_tokens=len(points), umap_layers=n_layers, cka_n=n, cka_d=d,
+                          cka_linear_same_site=dict(zip(map(int, diag.index), map(float, diag))),
+                          cka_pair=p.cka_pair)

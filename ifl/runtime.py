@@ -1,0 +1,145 @@
+"""What every stage needs to run, below the stages: the notebook's opening call, the device,
+CPU threads, freeing memory between models, loading a model from a row of a models table, and
+the seeded choice of parallel items.
+
+A stage module (ifl/stages/) imports this module and the engines, never another stage.
+
+>>> resolve_device("cpu")
+'cpu'
+"""
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ifl.params import from_notebook
+from ifl.stage import Stage, open_stage
+
+MINI_TEMPLATE = "llava_hf"  # the chat format the miniature's LMs were pretrained in
+
+
+@dataclass(frozen=True)
+class Session:
+    """What a notebook's first code cell gets: common params, its own params, its Stage and the
+    device it runs on (`common.device` with "auto" resolved)."""
+    common: Any
+    p: Any
+    stage: Stage
+    device: str
+
+    def __iter__(self):
+        return iter((self.common, self.p, self.stage, self.device))
+
+
+def begin(namespace: dict[str, Any], name: str) -> Session:
+    """Open notebook `name`: its params (re-validated from the notebook's variables, so values
+    papermill injected or a reader edited meet the same schema), its Stage and the device.
+
+    common, p, stage, device = begin(globals(), "03_collect_responses")
+    """
+    common, p = from_notebook(namespace, name)
+    stage = open_stage(name, output_root=common.output_root, run_name=common.run_name)
+    return Session(common, p, stage, resolve_device(common.device))
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; anything else as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class torch_threads:
+    """Run a block with `n` torch threads (None: unchanged), restoring the old count after.
+    Reusable: one instance may guard several blocks."""
+
+    def __init__(self, n: int | None):
+        self.n = n
+        self.old: int | None = None
+
+    def __enter__(self):
+        import torch
+
+        self.old = torch.get_num_threads()
+        if self.n:
+            torch.set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_num_threads(self.old)
+
+
+def cpu_threads(n: int | None, device: str) -> torch_threads:
+    """`n` torch threads while running on the CPU; on a GPU the thread count is left alone."""
+    return torch_threads(n if device == "cpu" else None)
+
+
+def free_memory() -> None:
+    """Release a model that was just deleted: Python's garbage and the GPU's cached blocks."""
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def variant_template(llm: str, world: str) -> str:
+    """Chat template of a trained variant: the miniature's LMs all share MINI_TEMPLATE; a real
+    LLM keeps its own."""
+    if world == "miniature":
+        return MINI_TEMPLATE
+    from ifl.models import template_for
+
+    return template_for(llm).name
+
+
+def run_template(row: Any):
+    """The chat template a models-table row prompts with (`ifl.prompts.ChatTemplate`), its
+    `image_first` included (a table written before that column existed: True)."""
+    import dataclasses
+
+    from ifl.prompts import template
+
+    image_first = getattr(row, "image_first", True)
+    image_first = True if pd.isna(image_first) else bool(image_first)
+    return dataclasses.replace(template(row.template), image_first=image_first)
+
+
+def load_model(row: Any, *, dtype: str, quantization: str, device: str):
+    """(model, processor) of one row of a models table (a dict, a namedtuple from itertuples or
+    a Series): its `source` and `revision` (None or NaN: the default). quantization 'none' is
+    no quantization."""
+    from ifl.models import load_llava
+
+    get = row.get if isinstance(row, (dict, pd.Series)) else lambda key: getattr(row, key, None)
+    revision = get("revision")
+    if revision is not None and pd.isna(revision):
+        revision = None
+    return load_llava(get("source"), revision=revision, dtype=dtype, device=device,
+                      quantization=None if quantization == "none" else quantization)
+
+
+def sample_parallel_items(frame: pd.DataFrame, per_benchmark: int | None, seed: int) -> pd.DataFrame:
+    """The rows of `frame` whose parallel item is among at most `per_benchmark` items drawn per
+    benchmark with `seed` (benchmarks in sorted order, one generator), so the same items are kept
+    in every language and condition. None keeps every row.
+
+    >>> f = pd.DataFrame({"benchmark": ["a"] * 4, "parallel_id": ["p1", "p1", "p2", "p3"]})
+    >>> sorted(sample_parallel_items(f, 2, seed=0)["parallel_id"].unique())
+    ['p1', 'p3']
+    """
+    if per_benchmark is None:
+        return frame
+    rng, keep = np.random.default_rng(seed), []
+    for _, part in frame.groupby("benchmark", sort=True):
+        ids = np.array(sorted(part["parallel_id"].unique()))
+        keep.extend(rng.permutation(ids)[:per_benchmark].tolist())
+    return frame[frame["parallel_id"].isin(keep)]

@@ -1,0 +1,248 @@
+"""Notebook 05: Figure 1 and Table 4 of the paper, debiased with DSL (§3.3, §4.2-4.3).
+
+The estimators are ifl/regress.py (naive, labels-only and oracle fits beside DSL, group effects,
+Table 4) and ifl/dsl/; the plots ifl/figures.py; the paper's numbers ifl/paper/. This module says
+which responses each figure is about, sets the estimates beside the paper's, and puts the
+numbers into sentences.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ifl import paper
+from ifl.paper import MODEL_ORDER
+from ifl.params_schema import DslRegressions
+from ifl.regress import FACTORS, OUTCOMES, group_effects
+
+def figure1_rows(scored: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The responses Figure 1 is about, and whose they are: the off-the-shelf LLaVA models
+    (kind 'llava') where the run has any (the paper), else every trained variant (the miniature,
+    whose English-trained vicuna-clip-en variant stands in for LLaVA-1.5)."""
+    if (scored["kind"] == "llava").any():
+        return scored[scored["kind"] == "llava"], "off-the-shelf LLaVA models"
+    return scored[scored["kind"] == "variant"], "trained variants (no off-the-shelf models in this run)"
+
+
+def model_order(models: pd.DataFrame | pd.Series) -> list[str]:
+    """Plot order: the paper's off-the-shelf models first, then variants by LLM, vision, data."""
+    names = list(dict.fromkeys(models))
+    rank = {"vicuna": 0, "yi": 1, "leo": 2, "clip": 0, "dinov2": 1, "en": 0, "zh": 1, "de": 2}
+
+    def key(name: str):
+        if name in MODEL_ORDER:
+            return (0, MODEL_ORDER.index(name), 0, 0)
+        parts = name.split("-")
+        return (1, *[rank.get(x, 9) for x in parts[:3]], name)
+    return sorted(names, key=key)
+
+
+def english_trained(models: list[str]) -> set[str]:
+    """The models that play the paper's LLaVA role: the off-the-shelf ones and the variants
+    trained on English data (shown in bold in Figure 1)."""
+    return {m for m in models if m.endswith("-en") or m in MODEL_ORDER}
+
+
+def figure1(scored: pd.DataFrame, p: DslRegressions, *, seed: int) -> pd.DataFrame:
+    """Figure 1: IFL (image effect on fidelity) per model x benchmark, every estimator, with the
+    paper's reported value where the paper reports that cell (`paper`, as a proportion)."""
+    rows, _ = figure1_rows(scored)
+    out = group_effects(rows, ["model", "benchmark"], OUTCOMES["fidelity"], p, seed=seed)
+    reported = paper.figure1_reported()
+    out = out.merge(reported[["model", "benchmark", "paper"]], on=["model", "benchmark"], how="left")
+    out.loc[out["estimator"] != "dsl", "paper"] = np.nan
+    return out
+
+
+def model_family(scored: pd.DataFrame) -> pd.Series:
+    """An off-the-shelf model is its own family; a variant belongs to its LLM's family."""
+    return pd.Series(np.where(scored["kind"] == "llava", scored["model"],
+                              scored["llm"].fillna("?").astype(str) + " variants"),
+                     index=scored.index, name="family")
+
+
+def language_breakdown(scored: pd.DataFrame, p: DslRegressions, *, seed: int) -> pd.DataFrame:
+    """IFL per model family x query language (the paper pools languages within a benchmark)."""
+    data = scored.assign(family=model_family(scored))
+    return group_effects(data, ["family", "lang"], OUTCOMES["fidelity"], p, seed=seed)
+
+
+def table4_beside_paper(t4: pd.DataFrame) -> pd.DataFrame:
+    """Our Table 4 interactions (DSL, and the oracle where there is one) beside the paper's:
+    one row per language set x factor, estimates with their CIs."""
+    paper_t4 = paper.table4()
+    ours = t4[t4["row"].isin(FACTORS)]
+    wide = paper_t4[["language_set", "row"]].copy()
+    for name, paper_col in (("fidelity", "ifl"), ("accuracy", "accuracy")):
+        for est in ("dsl", "oracle", "naive"):
+            part = ours[(ours["outcome"] == name) & (ours["estimator"] == est)]
+            if part.empty:
+                continue
+            part = part.set_index(["language_set", "row"])
+            idx = pd.MultiIndex.from_frame(wide[["language_set", "row"]])
+            wide[f"{name}_{est}"] = part["estimate"].reindex(idx).to_numpy()
+            if est == "dsl":
+                wide[f"{name}_dsl_ci"] = [_ci_text(lo, hi) for lo, hi in zip(
+                    part["ci_low"].reindex(idx), part["ci_high"].reindex(idx))]
+                wide[f"{name}_dsl_note"] = part["note"].reindex(idx).fillna("").to_numpy()
+        wide[f"{name}_paper"] = paper_t4[f"{paper_col}_effect"]
+        wide[f"{name}_paper_ci"] = [_ci_text(lo, hi) for lo, hi in
+                                    zip(paper_t4[f"{paper_col}_ci_low"], paper_t4[f"{paper_col}_ci_high"])]
+    return wide
+
+
+def _ci_text(lo: float, hi: float) -> str:
+    return "" if pd.isna(lo) or pd.isna(hi) else f"[{lo:.2f}, {hi:.2f}]"
+
+
+
+def measurement_errors(scored: pd.DataFrame) -> pd.DataFrame:
+    """How often each fidelity/accuracy measure disagrees: surrogate vs gold on the labeled rows
+    and, in the miniature, gold and surrogate vs the truth (annotator and identifier errors)."""
+    rows = []
+    lab = scored[scored["labeled"] == 1]
+    for name, o in OUTCOMES.items():
+        both = lab[lab[o.gold].notna()]
+        rows.append({"outcome": name, "comparison": "surrogate vs gold (labeled rows)", "rows": len(both),
+                     "disagree": float((both[o.surrogate] != both[o.gold]).mean()) if len(both) else np.nan})
+        if o.truth in scored:
+            rows.append({"outcome": name, "comparison": "gold vs truth (labeled rows)", "rows": len(both),
+                         "disagree": float((both[o.gold] != both[o.truth]).mean()) if len(both) else np.nan})
+            rows.append({"outcome": name, "comparison": "surrogate vs truth (all rows)", "rows": len(scored),
+                         "disagree": float((scored[o.surrogate] != scored[o.truth]).mean())})
+    return pd.DataFrame(rows)
+
+
+
+def headline(fig1: pd.DataFrame, t4: pd.DataFrame, recov: pd.DataFrame) -> str:
+    """One line with the key numbers: Figure 1's DSL range (and, in the miniature, how often
+    DSL's and the naive CIs cover the truth), and Table 4's DSL fidelity interactions beside
+    the paper's."""
+    d = fig1[(fig1["estimator"] == "dsl") & fig1["estimate"].notna()]
+    parts = [f"Fig. 1 DSL IFL {d['estimate'].min():+.2f} to {d['estimate'].max():+.2f} over {len(d)} "
+             f"model x benchmark cells" if len(d) else "Fig. 1: no cell had enough labels"]
+    if len(recov):
+        r = recov.set_index("estimator")
+        parts.append(f"truth inside the CI: DSL {r.loc['dsl', 'coverage']:.0%}, naive "
+                     f"{r.loc['naive', 'coverage']:.0%}")
+    paper_t4 = paper.table4().set_index(["language_set", "row"])
+    t = t4[(t4["outcome"] == "fidelity") & (t4["estimator"] == "dsl") & t4["row"].isin(FACTORS)]
+    for lset, part in t.groupby("language_set", sort=False):
+        est = part.set_index("row")["estimate"].reindex(list(FACTORS))
+        ours = "/".join("n.a." if pd.isna(v) else f"{v:+.2f}" for v in est)
+        theirs = "/".join(f"{paper_t4.loc[(lset, f), 'ifl_effect']:+.2f}" for f in FACTORS)
+        parts.append(f"Table 4 {lset} LLM/VE/Data {ours} (paper {theirs})")
+    return "; ".join(parts)
+
+
+# --- the numbers in words -------------------------------------------------------------------
+
+def figure1_text(fig1: pd.DataFrame, level: float) -> list[str]:
+    """Sentences on Figure 1's DSL cells: the largest and smallest IFL, how many intervals lie
+    below 0, interval width, clusters and the learner's error."""
+    d = fig1[(fig1["estimator"] == "dsl") & fig1["estimate"].notna()]
+    if not len(d):
+        return []
+    lo, hi = d.loc[d["estimate"].idxmin()], d.loc[d["estimate"].idxmax()]
+    sig = (d["ci_high"] < 0).mean()
+    return [f"DSL estimates {len(d)} cells: the largest IFL is {lo['model']} on {lo['benchmark']} "
+            f"({lo['estimate']:+.3f}, CI {lo['ci_low']:+.3f} to {lo['ci_high']:+.3f}), the smallest (least negative) "
+            f"{hi['model']} on {hi['benchmark']} ({hi['estimate']:+.3f}); {sig:.0%} of the intervals "
+            f"lie entirely below 0 (significant IFL at {1 - level:.2f}).",
+            f"Mean CI width: DSL {(d['ci_high'] - d['ci_low']).mean():.3f}; clusters: "
+            f"{', '.join(sorted(set(d['cluster'])))}; out-of-fold RMSE of g: {d['g_rmse'].mean():.3f}."]
+
+
+def skipped_cells(effects: pd.DataFrame) -> pd.DataFrame:
+    """The DSL rows that were not estimated (too few labels), with why."""
+    return effects[(effects["estimator"] == "dsl") & effects["estimate"].isna()]
+
+
+def recovery_text(recov: pd.DataFrame, level: float) -> str:
+    """Miniature: does the truth lie inside DSL's and the naive intervals?"""
+    if not len(recov):
+        return "No oracle in this world (the paper world has no truth beyond the annotations)."
+    r = recov.set_index("estimator")
+    return (f"The truth lies inside the {level:.0%} interval for {r.loc['dsl', 'coverage']:.0%} of DSL's "
+            f"cells and {r.loc['naive', 'coverage']:.0%} of the naive ones; the naive estimate is off by "
+            f"{r.loc['naive', 'mean_bias']:+.3f} on average (DSL {r.loc['dsl', 'mean_bias']:+.3f}, which "
+            f"includes the annotators' own error shown above).")
+
+
+def language_text(by_lang: pd.DataFrame) -> str:
+    """Which query language loses most and least fidelity to the image, over families."""
+    d = by_lang[(by_lang["estimator"] == "dsl") & by_lang["estimate"].notna()]
+    if not len(d):
+        return "No family x language cell had enough labels."
+    n_skip = len(skipped_cells(by_lang))
+    per_lang = d.groupby("lang")["estimate"].mean().sort_values()
+    return (f"Averaged over families, the image costs most fidelity for queries in {per_lang.index[0]} "
+            f"({per_lang.iloc[0]:+.3f}) and least in {per_lang.index[-1]} ({per_lang.iloc[-1]:+.3f}); "
+            f"{n_skip} family x language cell(s) had too few labels and are left out.")
+
+
+def table4_text(t4: pd.DataFrame) -> list[str]:
+    """One line per language set: the reference-class IFL and each factor's DSL interaction
+    with its CI (and the oracle's, where there is one)."""
+    lines = []
+    fid = t4[(t4["outcome"] == "fidelity") & t4["row"].isin(["Image", *FACTORS])]
+    for lset, part in fid.groupby("language_set", sort=False):
+        est = part[part["estimator"] == "dsl"].set_index("row")
+        if est["estimate"].isna().all():
+            lines.append(f"{lset}: not estimated ({est['note'].dropna().iloc[0]})")
+            continue
+        line = [f"{lset} (n = {int(est['n_rows'].iloc[0]):,} responses, {int(est['n_labeled'].iloc[0])} labeled): "
+                f"reference-class IFL (Vicuna/CLIP/English) {est.loc['Image', 'estimate']:+.3f}"]
+        for f in FACTORS:
+            if f in est.index and pd.notna(est.loc[f, "estimate"]):
+                e = est.loc[f]
+                line.append(f"{f} {e['estimate']:+.3f} [{e['ci_low']:+.3f}, {e['ci_high']:+.3f}]")
+        orc = part[part["estimator"] == "oracle"].set_index("row")
+        if len(orc):
+            line.append("oracle " + ", ".join(f"{f} {orc.loc[f, 'estimate']:+.3f}" for f in FACTORS
+                                              if f in orc.index))
+        lines.append("; ".join(line))
+    return lines
+
+
+def table4_notes(t4: pd.DataFrame) -> pd.DataFrame:
+    """Table 4's rows that carry a note (skipped, not in the design), once each."""
+    return t4.loc[t4["note"].fillna("") != "", ["language_set", "outcome", "row", "note"]].drop_duplicates()
+
+
+def dsl_factor_rows(t4: pd.DataFrame) -> pd.DataFrame:
+    """The DSL fidelity interactions of a Table 4, indexed by language set and factor."""
+    rows = t4[(t4["outcome"] == "fidelity") & (t4["estimator"] == "dsl") & t4["row"].isin(FACTORS)]
+    return rows.set_index(["language_set", "row"])
+
+
+def compare_specifications(t4: pd.DataFrame, other: pd.DataFrame, main_effects: bool) -> pd.DataFrame:
+    """Table 4's DSL fidelity interactions with and without the factors' main effects, side by
+    side (`t4` fitted with `main_effects`, `other` with the opposite)."""
+    this, that = ("with", "without") if main_effects else ("without", "with")
+    a, b = dsl_factor_rows(t4), dsl_factor_rows(other)
+    return pd.concat({f"{this} main effects": a["estimate"], f"{that} main effects": b["estimate"],
+                      f"{that}: ci_low": b["ci_low"], f"{that}: ci_high": b["ci_high"]}, axis=1)
+
+
+def main_effects_text(t4: pd.DataFrame) -> str:
+    """The factors' main effects (text-condition differences) in a Table 4 fit, if any."""
+    gap = t4[(t4["outcome"] == "fidelity") & (t4["estimator"] == "dsl") & t4["term"].isin(FACTORS)]
+    if not len(gap):
+        return ""
+    return ("Main effects (text-condition fidelity differences) in the fit above: "
+            + "; ".join(f"{r.language_set} {r.term} {r.estimate:+.3f}" for r in gap.itertuples()))
+
+
+def metrics(scored: pd.DataFrame, fig1: pd.DataFrame, t4: pd.DataFrame, recov: pd.DataFrame,
+            seconds: float) -> dict:
+    """The stage's key numbers for stage.json."""
+    out = {"n_rows": len(scored), "n_labeled": int(scored["labeled"].sum()), "seconds": round(seconds, 1),
+           "figure1_cells": int(((fig1["estimator"] == "dsl") & fig1["estimate"].notna()).sum()),
+           "figure1_skipped": int(((fig1["estimator"] == "dsl") & fig1["estimate"].isna()).sum())}
+    for r in recov.itertuples():
+        out[f"figure1_{r.estimator}_coverage"] = r.coverage
+        out[f"figure1_{r.estimator}_mean_abs_error"] = r.mean_abs_error
+    for r in t4[(t4["estimator"] == "dsl") & t4["row"].isin(FACTORS)].itertuples():
+        out[f"table4_{r.language_set}_{r.outcome}_{r.row}"] = None if pd.isna(r.estimate) else float(r.estimate)
+    return out
