@@ -280,6 +280,10 @@ class DslRegressions(Block):
     main_effects: bool = Field(True, description=(
         "Table 4 with the factors' main effects (text-condition differences between models); the "
         "paper's equation lists only Image and the Image x factor interactions"))
+    figure1_exclude_english: bool = Field(True, description=(
+        "Figure 1 leaves English queries out: an English answer to an English query is faithful "
+        "whatever the image does, so English rows only dilute the image effect (the paper's "
+        "steering tables list non-English languages only)"))
 
 
 class UmapCka(Block):
