@@ -67,6 +67,8 @@ batch_size = 64
 dtype = "float32"
 quantization = "none"
 threads = 2
+processes = 1
+speedups = {"share_prefix": False, "static_cache": False, "compile": False}
 precision_check = False
 precision_check_items = 50
 
