@@ -58,3 +58,15 @@ def test_ranks_prompt_with_the_rows_template_image_first_included(tasks, tmp_pat
                                       loader="ifl.collect.synthetic:tiny_llava",
                                       loader_kwargs=dict(seed=0), pass_device=False)
     pd.testing.assert_frame_equal(got[CONTENT], reference)
+
+
+def test_more_ranks_than_gpus_is_refused_naming_the_key(tasks, tmp_path, monkeypatch):
+    from ifl.runtime import collect_in_ranks
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(launch.subprocess, "run", lambda *a, **k: pytest.fail("launched"))
+    with pytest.raises(ValueError, match=r"03_collect_responses.processes=2, but 1 GPUs"):
+        collect_in_ranks(dict(source="x", revision=None), tasks, processes=2, out_dir=tmp_path,
+                         dtype="bfloat16", quantization="none", device="cuda", threads=None,
+                         collect=dict(model_name="m", template="llava_hf", max_new_tokens=2,
+                                      batch_size=2), key="03_collect_responses.processes")
