@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Iterator, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from ifl.data.hub import SOURCES, is_path_like
 from ifl.data.languages import LANGUAGES
@@ -204,6 +204,26 @@ def _default_llava_sources() -> dict[str, str]:
     return _default_sources(("llava-1.5-7b", "llava-1.5-13b", "bakllava", "llava-gemma-2b"))
 
 
+class CollectSpeedups(Block):
+    """How collection may compute faster (ifl.collect.options.Speedups; docs/collect_at_scale.md).
+    In float32 the rows are those of the plain path (tests/test_collect_fast.py); in bf16 they
+    differ only as any change of batch composition (e.g. another batch_size) moves them."""
+    share_prefix: bool = Field(False, description=(
+        "the prompt up to and including the image tokens once per image, its KV cache reused "
+        "for every language of the item (image-first templates; others fall back to plain)"))
+    static_cache: bool = Field(False, description="fixed-shape KV cache (needed by compile)")
+    compile: bool = Field(False, description=(
+        "torch.compile'd decode step on the static cache; pays a compilation per batch shape "
+        "(skipped by transformers for bitsandbytes models)"))
+
+    @model_validator(mode="after")
+    def _compile_needs_static_cache(self):
+        if self.compile and not self.static_cache:
+            raise ValueError("speedups.compile needs speedups.static_cache: true (the compiled "
+                             "decode step runs on a fixed-shape KV cache)")
+        return self
+
+
 class CollectResponses(Block):
     """03_collect_responses: every model x task x condition, greedy, batched, resumable."""
     models: list[str] = Field(["variants"], min_length=1, description=(
@@ -224,7 +244,12 @@ class CollectResponses(Block):
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     quantization: Literal["none", "4bit", "8bit"] = Field("4bit", description=(
         "4bit = NF4 via bitsandbytes (one 24 GB GPU); none = dtype as is"))
-    threads: int = Field(2, ge=1, le=256, description="CPU threads (miniature)")
+    threads: int = Field(2, ge=1, le=256, description="CPU threads (miniature; per rank)")
+    processes: int = Field(1, ge=1, le=1024, description=(
+        "ranks per machine: > 1 starts the collection with `accelerate launch`, one shard per "
+        "rank on cuda:<local rank> (on the CPU where the device is cpu), merged when all are "
+        "done; 1 = in this process (docs/collect_at_scale.md)"))
+    speedups: CollectSpeedups = Field(default_factory=CollectSpeedups)
     precision_check: bool = Field(False, description=(
         "also collect a seeded sample of tasks in both NF4 and bf16 and report each one's IFL "
         "and their difference with a cluster-bootstrap CI (precision_check.csv): did 4-bit "
@@ -355,7 +380,11 @@ class Steering(Block):
         "a larger one shows how far the direction can push a small model)"))
     sweep_model: str | None = Field(None, description="model of the sweep; null = the first steered model")
     sweep_tasks_per_cell: int = Field(10, ge=1, description="tasks per benchmark x language in the sweep")
-    threads: int = Field(2, ge=1, le=256, description="CPU threads (miniature)")
+    threads: int = Field(2, ge=1, le=256, description="CPU threads (miniature; per rank)")
+    processes: int = Field(1, ge=1, le=1024, description=(
+        "ranks per machine for the steered collection (as 03_collect_responses.processes; the "
+        "layer sweep stays in this process)"))
+    speedups: CollectSpeedups = Field(default_factory=CollectSpeedups)
 
 
 class Params(BaseModel):
