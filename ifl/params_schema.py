@@ -158,6 +158,10 @@ class TrainVariants(Block):
         "'multiq': each backbone answers the share of its non-English pretraining questions in "
         "English that its real counterpart does in MultiQ (Holtermann et al. 2024); 'none': "
         "every question answered in its own language"))
+    mini_clip_text: Literal["own", "lm"] = Field("own", description=(
+        "'lm': the CLIP-style tower learns from English captions read through the English-"
+        "dominant LM's tokenizer and input embeddings (aligned with English as the LM has it); "
+        "'own': through a separate text model over its own word list"))
     mini_component_probes: bool = Field(False, description=(
         "add the cross-lingual probe, fidelity vs calibration target, reply-language probe by "
         "layer and stage-2 retention to component_metrics.csv"))

@@ -44,7 +44,7 @@ def miniature_components(p: TrainVariants, out: Path, seed: int) -> dict:
             tower_twins=p.mini_tower_twins, lm_eval_scenes=p.mini_lm_eval_scenes,
             tower_probe_scenes=p.mini_tower_probe_scenes,
             lm_crosslingual_share=p.mini_lm_crosslingual_share,
-            lm_reply_calibration=p.mini_lm_reply_calibration)
+            lm_reply_calibration=p.mini_lm_reply_calibration, clip_text=p.mini_clip_text)
         metrics = pd.DataFrame(built["metrics"])
         if p.mini_component_probes:
             from ifl.data.miniature import available_langs

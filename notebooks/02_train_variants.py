@@ -69,6 +69,7 @@ mini_lm_eval_scenes = 60
 mini_tower_probe_scenes = 2000
 mini_lm_crosslingual_share = 0.0
 mini_lm_reply_calibration = "none"
+mini_clip_text = "own"
 mini_component_probes = False
 mini_stage1_steps = 100
 mini_stage2_steps = 250

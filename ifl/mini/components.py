@@ -65,6 +65,9 @@ class ComponentConfig:
     patch: int = 8                    # 32 / 8 -> 16 patch tokens (+ CLS)
     backbones: dict = field(default_factory=lambda: {k: dict(v) for k, v in BACKBONES.items()})
     towers: tuple = ("clip", "dino")
+    # "lm": the CLIP-style tower's captions are read through the English-dominant LM's (vicuna's)
+    # tokenizer and input embeddings; "own": a separate text model over its own word list
+    clip_text: str = "own"
 
 
 def _config(settings: dict) -> ComponentConfig:
@@ -76,6 +79,11 @@ def _config(settings: dict) -> ComponentConfig:
     if config.lm_reply_calibration not in ("none", "multiq"):
         raise ValueError(f"build_components: lm_reply_calibration must be 'none' or 'multiq', "
                          f"got {config.lm_reply_calibration!r}")
+    if config.clip_text not in ("own", "lm"):
+        raise ValueError(f"build_components: clip_text must be 'own' or 'lm', got {config.clip_text!r}")
+    if config.clip_text == "lm" and "clip" in config.towers and "vicuna" not in config.backbones:
+        raise ValueError("build_components: clip_text='lm' reads captions through the vicuna LM; "
+                         "add vicuna to backbones or use clip_text='own'")
     bad = [t for t in config.towers if t not in TOWERS]
     if bad:
         raise ValueError(f"build_components: unknown tower(s) {bad}; known: {sorted(TOWERS)}")
@@ -144,7 +152,8 @@ def build_components(out_dir: str | Path, *, seed: int = 0, progress: bool = Tru
             hidden=config.tower_hidden, layers=config.tower_layers, steps=steps,
             batch=config.tower_batch, lr=getattr(config, f"{name}_lr"), seed=seed,
             twins=config.tower_twins if clip else 0.0,
-            probe_scenes=config.tower_probe_scenes, progress=progress)
+            probe_scenes=config.tower_probe_scenes, progress=progress,
+            **({"text_lm": paths.get("vicuna")} if clip and config.clip_text == "lm" else {}))
         paths[name] = str(path)
         rows += _rows(name, "tower", metrics)
 
