@@ -243,3 +243,21 @@ def test_clip_tower_can_read_captions_through_the_lm(tiny_lm, tmp_path, monkeypa
     assert json.loads((path / DONE).read_text())["text_lm"]["name"] == "leo"
     with pytest.raises(ValueError, match="vicuna"):
         build_components(tmp_path / "c", clip_text="lm", backbones={"yi": {"en": 1.0}}, progress=False)
+
+
+def test_component_report_has_every_table(tiny_lm):
+    """Text fidelity beside the calibration target, the cross-lingual probe over language pairs,
+    and the reply-language probe at every site (embeddings + each layer)."""
+    from ifl.mini.metrics import component_report, crosslingual_summary
+    lm_dir, _ = tiny_lm
+    rows = component_report({"leo": str(lm_dir)}, ["leo"], ["en", "de"], n_scenes=4, probe_scenes=2, seed=0)
+    assert set(rows["kind"]) == {"lm_text", "lm_crosslingual", "lm_probe"}
+    text = rows[rows["kind"] == "lm_text"]
+    assert set(text["metric"]) == {"accuracy", "fidelity", "in_english", "target_in_lang", "target_in_english"}
+    assert text.query("metric == 'target_in_lang'")["lang"].tolist() == ["de"]
+    pairs = rows[rows["kind"] == "lm_crosslingual"][["lang", "context_lang"]].drop_duplicates()
+    assert len(pairs) == 4
+    assert set(crosslingual_summary(rows[rows["kind"] == "lm_crosslingual"]).columns) >= {
+        "accuracy_same", "accuracy_cross", "fidelity_cross"}
+    probe = rows[rows["kind"] == "lm_probe"]
+    assert sorted(probe["site"].unique()) == [0, 1]      # TINY_LM has one layer
