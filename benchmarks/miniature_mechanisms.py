@@ -53,10 +53,17 @@ def timed(log: dict, key: str, fn, *args, **kwargs):
     return out
 
 
-def data(out: Path, setting: dict, seed: int) -> dict:
+# --smoke: every size tiny, to check the code path in a minute (figures meaningless)
+SMOKE = {"records": 40, "components": dict(lm_hidden=32, lm_layers=1, lm_steps=4, lm_batch=8, lm_eval_scenes=2,
+                                           tower_hidden=32, tower_layers=1, tower_steps=2, clip_steps=2,
+                                           tower_batch=8, tower_probe_scenes=40, tokenizer_items_per_lang=40),
+         "stage_steps": 2}
+
+
+def data(out: Path, setting: dict, seed: int, records: int = 4000) -> dict:
     d = dict(setting)
     noise = d.pop("noise", "word")
-    english = write_training_data(out / "en", 4000, 4000, seed=seed, **d)
+    english = write_training_data(out / "en", records, records, seed=seed, **d)
     manifest = {"image_folder": str(english["images"]),
                 "en": {"pretrain": str(english["captions"]), "instruct": str(english["instruct"])}}
     for lang in ("zh", "de"):
@@ -84,22 +91,26 @@ def ifl_table(variants: pd.DataFrame, out: Path, n_scenes: int, seed: int) -> pd
     return pd.DataFrame(rows)
 
 
-def run(name: str, out: Path, names: list[str], seed: int, n_scenes: int) -> dict:
+def run(name: str, out: Path, names: list[str], seed: int, n_scenes: int, smoke: bool = False) -> dict:
     setting = SETTINGS[name]
     out = out / name
     log: dict = {}
-    manifest = timed(log, "data_s", data, out / "data", setting["data"], seed)
+    manifest = timed(log, "data_s", data, out / "data", setting["data"], seed,
+                     SMOKE["records"] if smoke else 4000)
     p = TrainVariants()
+    sizes = dict(lm_hidden=p.mini_lm_hidden, lm_layers=p.mini_lm_layers, lm_steps=p.mini_lm_steps,
+                 clip_steps=p.mini_clip_steps, tower_twins=p.mini_tower_twins)
+    sizes.update(SMOKE["components"] if smoke else {})
     built = timed(log, "components_s", build_components, out / "components", seed=seed, progress=False,
-                  lm_hidden=p.mini_lm_hidden, lm_layers=p.mini_lm_layers, lm_steps=p.mini_lm_steps,
-                  clip_steps=p.mini_clip_steps, tower_twins=p.mini_tower_twins, **setting["components"])
+                  **sizes, **setting["components"])
     log.update({f"{r['component']}_wall_s": r["value"] for r in built["metrics"] if r["metric"] == "wall_s"})
     report = timed(log, "component_report_s", component_report, built["paths"], ["vicuna", "yi", "leo"],
                    LANGS, n_scenes=n_scenes, probe_scenes=max(1, n_scenes // 4), seed=seed)
     paths = dict(built["paths"], dinov2=built["paths"]["dino"])
     common = dict(global_batch=16, micro_batch=16, max_length=160, save_every=50)
-    stage1 = StageSettings(lr=p.mini_stage1_lr, max_steps=p.mini_stage1_steps, format="plain", **common)
-    stage2 = StageSettings(lr=setting["stage2_lr"], max_steps=p.mini_stage2_steps, **common)
+    steps1, steps2 = (SMOKE["stage_steps"],) * 2 if smoke else (p.mini_stage1_steps, p.mini_stage2_steps)
+    stage1 = StageSettings(lr=p.mini_stage1_lr, max_steps=steps1, format="plain", **common)
+    stage2 = StageSettings(lr=setting["stage2_lr"], max_steps=steps2, **common)
     rows = []
     for v in names:
         spec = variant(v)
@@ -120,11 +131,12 @@ def main() -> None:
     ap.add_argument("--scenes", type=int, default=40, help="held-out scenes per language")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes: check the code path only")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     pd.set_option("display.width", 200)
     for name in args.settings:
-        got = run(name, args.out, args.variants, args.seed, args.scenes)
+        got = run(name, args.out, args.variants, args.seed, args.scenes, args.smoke)
         text = got["report"][got["report"]["kind"] == "lm_text"]
         print(f"\n=== {name}: {json.dumps(SETTINGS[name])}\ntimes (s): {got['log']}")
         print("text-only reply language vs MultiQ target:")
