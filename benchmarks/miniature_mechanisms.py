@@ -40,7 +40,8 @@ SETTINGS = {
     "off": {"data": {}, "components": {}, "stage2_lr": 5e-4},
     "on": {"data": {"text_only_share": MIX665K_TEXT_ONLY_SHARE, "text_only_non_english": 0.1,
                     "noise": "mt"},
-           "components": {"lm_crosslingual_share": 0.2, "lm_reply_calibration": "multiq"},
+           "components": {"lm_crosslingual_share": 0.2, "lm_reply_calibration": "multiq",
+                          "clip_text": "lm"},
            # LLaVA stage 2 (2e-5) / Llama-2 pretraining peak (3e-4), times the miniature LM's 3e-3
            "stage2_lr": 3e-3 * 2e-5 / 3e-4},
 }
