@@ -178,3 +178,14 @@ def test_retention_pairs_each_variant_with_its_backbone():
     out = retention(before, after).set_index("variant")
     assert out.loc["vicuna-clip-en", "change"] == pytest.approx(-0.3)
     assert out.loc["yi-clip-zh", "before"] == 1.0
+
+
+def test_doctests():
+    import doctest
+
+    import ifl.data.miniature.calibration as calibration
+    import ifl.data.miniature.training as training
+    import ifl.findings as findings
+    import ifl.mini.probe as probe
+    for module in (calibration, training, findings, probe):
+        assert doctest.testmod(module).failed == 0, module.__name__

@@ -187,7 +187,8 @@ def _context_lang(mix: dict[str, float], lang: str, rng: random.Random) -> str:
     return rng.choices(others, weights=[mix[o] for o in others])[0]
 
 
-def _crosslingual(scene: dict, kind: str, rng: random.Random) -> tuple[list[dict], list[dict], list[dict], str | None, str]:
+def _crosslingual(scene: dict, kind: str, rng: random.Random
+                  ) -> tuple[list[dict], list[dict], list[dict], str | None, str]:
     """(context acts, request acts, answer acts, answer_key, question_type) of a cross-lingual
     item: the context is written in one language, request and answer in another.
     - translation_pair: one sentence about one object, then the same sentence in the other
