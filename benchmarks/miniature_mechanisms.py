@@ -92,14 +92,15 @@ def ifl_table(variants: pd.DataFrame, out: Path, n_scenes: int, seed: int) -> pd
     return pd.DataFrame(rows)
 
 
-def run(name: str, out: Path, names: list[str], seed: int, n_scenes: int, smoke: bool = False) -> dict:
+def run(name: str, out: Path, names: list[str], seed: int, n_scenes: int, smoke: bool = False,
+        lm_layers: int | None = None) -> dict:
     setting = SETTINGS[name]
     out = out / name
     log: dict = {}
     manifest = timed(log, "data_s", data, out / "data", setting["data"], seed,
                      SMOKE["records"] if smoke else 4000)
     p = TrainVariants()
-    sizes = dict(lm_hidden=p.mini_lm_hidden, lm_layers=p.mini_lm_layers, lm_steps=p.mini_lm_steps,
+    sizes = dict(lm_hidden=p.mini_lm_hidden, lm_layers=lm_layers or p.mini_lm_layers, lm_steps=p.mini_lm_steps,
                  clip_steps=p.mini_clip_steps, tower_twins=p.mini_tower_twins)
     sizes.update(SMOKE["components"] if smoke else {})
     built = timed(log, "components_s", build_components, out / "components", seed=seed, progress=False,
@@ -132,12 +133,13 @@ def main() -> None:
     ap.add_argument("--scenes", type=int, default=40, help="held-out scenes per language")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--lm-layers", type=int, default=None, help="LM depth (default: the params default)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: check the code path only")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     pd.set_option("display.width", 200)
     for name in args.settings:
-        got = run(name, args.out, args.variants, args.seed, args.scenes, args.smoke)
+        got = run(name, args.out, args.variants, args.seed, args.scenes, args.smoke, args.lm_layers)
         text = got["report"][got["report"]["kind"] == "lm_text"]
         print(f"\n=== {name}: {json.dumps(SETTINGS[name])}\ntimes (s): {got['log']}")
         print("text-only reply language vs MultiQ target:")
