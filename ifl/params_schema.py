@@ -89,6 +89,16 @@ class TranslateData(Block):
     mini_image_size: int = Field(32, ge=8, le=256)
     mini_error_rate: float = Field(0.0, ge=0.0, le=1.0, description=(
         "share of re-rendered training sentences corrupted, standing in for MT noise"))
+    mini_noise_model: Literal["word", "mt"] = Field("word", description=(
+        "kinds of translation noise: 'word' (wrong / dropped / untranslated word) or 'mt' (how "
+        "machine translation fails: source copied through, output truncated, script mixing, "
+        "wrong content word)"))
+    mini_text_only_share: float = Field(0.0, ge=0.0, le=1.0, description=(
+        "share of stage-2 records that are text-only conversations; LLaVA-1.5's mix665k: "
+        "40k ShareGPT of 665k = 0.06"))
+    mini_text_only_non_english: float = Field(0.0, ge=0.0, le=1.0, description=(
+        "share of those text-only conversations in a non-English language (spread evenly over "
+        "the lexicon's languages), standing in for ShareGPT's non-English conversations"))
     description_lang: Annotated[str, AfterValidator(_query_or_language)] = Field("query", description=(
         "language of the text that replaces the image: 'query' (the task's own language) or a "
         "fixed ISO code such as 'en' (sensitivity check)"))
@@ -155,6 +165,20 @@ class TrainVariants(Block):
         "held-out scenes per language for each LM's text-only check"))
     mini_tower_probe_scenes: int = Field(2000, ge=8, le=1_000_000, description=(
         "held-out scenes for the towers' probe check"))
+    mini_lm_crosslingual_share: float = Field(0.0, ge=0.0, le=1.0, description=(
+        "share of LM pretraining items that are cross-lingual (bitext sentence pairs, parallel "
+        "paragraphs, a scene described in one language and asked about in another)"))
+    mini_lm_reply_calibration: Literal["none", "multiq"] = Field("none", description=(
+        "'multiq': each backbone answers the share of its non-English pretraining questions in "
+        "English that its real counterpart does in MultiQ (Holtermann et al. 2024); 'none': "
+        "every question answered in its own language"))
+    mini_clip_text: Literal["own", "lm"] = Field("own", description=(
+        "'lm': the CLIP-style tower learns from English captions read through the English-"
+        "dominant LM's tokenizer and input embeddings (aligned with English as the LM has it); "
+        "'own': through a separate text model over its own word list"))
+    mini_component_probes: bool = Field(False, description=(
+        "add the cross-lingual probe, fidelity vs calibration target, reply-language probe by "
+        "layer and stage-2 retention to component_metrics.csv"))
     # --- miniature world: LLaVA training of each variant
     mini_stage1_steps: int = Field(100, ge=1, le=1_000_000)
     mini_stage2_steps: int = Field(250, ge=1, le=1_000_000)
