@@ -109,7 +109,9 @@ def findings_table(path: Path) -> str:
         interval = (f"[{_number(r['ci_low'])}, {_number(r['ci_high'])}]"
                     if r["ci_low"].strip() or r["ci_high"].strip() else "")
         verdict = _AGREES.get(r["agrees"].strip().lower(), html.escape(r["agrees"]))
-        rows.append(f"<tr><td>{html.escape(r['finding'])}</td><td>{_number(r['paper'])}</td>"
+        note = (r.get("note") or "").strip()  # optional column: what was measured, or why not
+        finding = html.escape(r["finding"]) + (f"<br><small>{html.escape(note)}</small>" if note else "")
+        rows.append(f"<tr><td>{finding}</td><td>{_number(r['paper'])}</td>"
                     f"<td>{_number(r['run'])}</td><td>{interval}</td><td>{verdict}</td></tr>")
     return ("<table class=findings><tr><th>finding</th><th>paper</th><th>this run</th>"
             "<th>95% interval</th><th>agrees</th></tr>" + "".join(rows) + "</table>")

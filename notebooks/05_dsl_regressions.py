@@ -111,6 +111,7 @@ import pandas as pd
 from IPython.display import display
 
 from ifl import figures, paper, regress
+from ifl.findings import read_findings, write_finding
 from ifl.runtime import begin
 from ifl.stages import dsl_regressions as stage05
 
@@ -240,6 +241,21 @@ print("\n".join(stage05.table4_text(t4)))
 # %%
 display(stage05.compare_specifications(t4, alt, p.main_effects).round(3))
 print(stage05.main_effects_text(t4))
+
+# %% [markdown]
+# ## Findings
+# This notebook's rows of the run's findings table (`runs/<run>/findings.csv`, shown on the
+# companion page with notebook 07's steering row): IFL exists (the DSL image effect on fidelity of
+# LLaVA-1.5-7B, or of its miniature analogue `vicuna-clip-en`, the mean over its benchmark cells
+# with the mean of their bounds as a conservative interval) and Table 4's fidelity interactions in
+# the paper's literal specification. A row agrees when its estimate has the paper's sign and its
+# interval excludes 0; a cell not estimated agrees with nothing, and its note says why.
+
+# %%
+for finding in stage05.findings(fig1, literal):
+    write_finding(stage.run_dir, **finding)
+with pd.option_context("display.max_colwidth", None):
+    display(read_findings(stage.run_dir))
 
 # %% [markdown]
 # ## Summary

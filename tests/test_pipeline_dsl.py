@@ -3,6 +3,20 @@ import json
 
 import pandas as pd
 
+from ifl.findings import read_findings
+from ifl.regress import FACTORS, LANGUAGE_SETS
+from ifl.stages import dsl_regressions as stage05
+
+
+def check_findings_of_05(run_dir) -> None:
+    """Notebook 05 wrote its rows of findings.csv: IFL exists and Table 4's factor x language set."""
+    names = {stage05.IFL_EXISTS} | {stage05.table4_finding_name(f, s) for f in FACTORS for s in LANGUAGE_SETS}
+    table = read_findings(run_dir)
+    assert names <= set(table["finding"])
+    ours = table[table["finding"].isin(names)]
+    assert ours["agrees"].isin([True, False]).all()
+    assert (ours["run"].notna() | (ours["agrees"] == False)).all()  # noqa: E712 - not estimated: never agrees
+
 FILES = ["figure1_ifl.csv", "ifl_by_language.csv", "table4.csv", "table4_vs_paper.csv",
          "table4_other_specification.csv", "stage.json"]
 FIGURES = ["05_figure1_ifl", "05_ifl_by_language", "05_table4_design_effects"]
@@ -37,6 +51,7 @@ def test_paper_smoke_estimates_figure1_for_the_off_the_shelf_models(smoke_run):
     _sane(t4)
     record = json.loads((stage / "stage.json").read_text())
     assert "Table 4 Chinese" in record["headline"]
+    check_findings_of_05(smoke_run)
 
 
 def test_default_small_estimates_the_variants_against_the_oracle(default_small_run):
@@ -55,5 +70,6 @@ def test_default_small_estimates_the_variants_against_the_oracle(default_small_r
     assert len(beside) == 6 and beside["fidelity_paper"].notna().all()
     record = json.loads((stage / "stage.json").read_text())
     assert record["headline"].startswith("Fig. 1")
+    check_findings_of_05(default_small_run)
     index = (default_small_run.output_root / "rendered/default/index.html").read_text()
     assert "Table 4 German" in index

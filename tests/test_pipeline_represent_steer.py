@@ -3,6 +3,9 @@ import json
 
 import pandas as pd
 
+from ifl.findings import read_findings
+from ifl.stages import steering as stage07
+
 
 def check_umap_cka(stage):
     points = pd.read_parquet(stage / "umap_points.parquet")
@@ -24,6 +27,11 @@ def check_steering(stage, models):
         assert c["hidden_states_index"] == c["layer"] + 1 and c["site"] == "block_output"
     sweep = pd.read_csv(stage / "layer_sweep.csv")
     assert sweep["layer"].nunique() >= 2 and sweep["scale"].notna().all()
+    findings = read_findings(stage.parent).set_index("finding")  # 07 writes the steering row
+    row = findings.loc[stage07.STEERING]
+    assert pd.notna(row["run"]) and row["ci_low"] <= row["ci_high"]
+    assert row["agrees"] in (True, False) and float(row["paper"]) > 0
+    assert len(findings) == 8  # with notebook 05's seven rows
 
 
 def test_paper_smoke_umap_cka_and_steering(smoke_run):

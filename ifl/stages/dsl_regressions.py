@@ -11,9 +11,10 @@ import numpy as np
 import pandas as pd
 
 from ifl import paper
+from ifl.findings import agrees_with
 from ifl.paper import MODEL_ORDER
 from ifl.params_schema import DslRegressions
-from ifl.regress import FACTORS, OUTCOMES, group_effects
+from ifl.regress import FACTORS, LANGUAGE_SETS, OUTCOMES, group_effects
 
 def figure1_rows(scored: pd.DataFrame, exclude_english: bool = True) -> tuple[pd.DataFrame, str]:
     """The responses Figure 1 is about, and whose they are: the off-the-shelf LLaVA models
@@ -249,3 +250,81 @@ def metrics(scored: pd.DataFrame, fig1: pd.DataFrame, t4: pd.DataFrame, recov: p
     for r in t4[(t4["estimator"] == "dsl") & t4["row"].isin(FACTORS)].itertuples():
         out[f"table4_{r.language_set}_{r.outcome}_{r.row}"] = None if pd.isna(r.estimate) else float(r.estimate)
     return out
+
+
+# --- the findings table (runs/<run>/findings.csv, ifl/findings.py) ---------------------------
+
+# The model Figure 1's finding is about: LLaVA-1.5-7B in the paper world, its miniature analogue
+# (Vicuna, CLIP, English data) in the miniature; the first one the run has.
+LLAVA_ROLE = ("llava-1.5-7b", "vicuna-clip-en")
+IFL_EXISTS = "IFL exists (§3): LLaVA-1.5-7B's image effect on fidelity (paper: mean of its -0.06 to -0.14)"
+TABLE4_FINDINGS = {"LLM": "a backbone capable in the language reduces IFL",
+                   "VE": "DINOv2 instead of CLIP increases IFL",
+                   "Data": "translated training data increases IFL"}
+
+
+def table4_finding_name(factor: str, language_set: str) -> str:
+    """E.g. 'LLM (Table 4, zh): a backbone capable in the language reduces IFL'."""
+    return f"{factor} (Table 4, {LANGUAGE_SETS[language_set][0]}): {TABLE4_FINDINGS[factor]}"
+
+
+def ifl_exists_finding(fig1: pd.DataFrame) -> dict:
+    """The findings row 'IFL exists': the DSL image effect on fidelity of the LLaVA-1.5-7B role
+    (LLAVA_ROLE). Figure 1 has no estimate pooled over benchmarks, so the run's value is the
+    mean of the model's benchmark cells, and its interval the mean of their bounds: conservative,
+    as it is the interval of the mean if the cells' errors were perfectly correlated (any lower
+    correlation narrows it). Paper: the mean of LLaVA-1.5-7B's two reported extremes (§3.3)."""
+    reported = paper.figure1_reported()
+    reported = reported[(reported["model"] == LLAVA_ROLE[0]) & reported["paper"].notna()]
+    paper_value = float(reported["paper"].mean())
+    paper_note = ("paper: mean of LLaVA-1.5-7B's reported " + " and ".join(
+        f"{r.paper:+.3f} ({r.benchmark})" for r in reported.itertuples()))
+    row = {"finding": IFL_EXISTS, "paper": f"{paper_value:.3f}"}
+    dsl = fig1[fig1["estimator"] == "dsl"]
+    model = next((m for m in LLAVA_ROLE if (dsl["model"] == m).any()), None)
+    if model is None:
+        return {**row, "run": None, "ci_low": None, "ci_high": None, "agrees": False,
+                "note": f"not estimated: none of {', '.join(LLAVA_ROLE)} is in Figure 1; {paper_note}"}
+    cells = dsl[dsl["model"] == model]
+    done = cells[cells["estimate"].notna()]
+    if done.empty:
+        why = "; ".join(f"{r.benchmark}: {r.note}" for r in cells.itertuples())
+        return {**row, "run": None, "ci_low": None, "ci_high": None, "agrees": False,
+                "note": f"{model}: not estimated ({why}); {paper_note}"}
+    est, lo, hi = (float(done[c].mean()) for c in ("estimate", "ci_low", "ci_high"))
+    left_out = sorted(set(cells["benchmark"]) - set(done["benchmark"]))
+    note = (f"{model}, DSL, mean over {len(done)} benchmark(s) ({', '.join(done['benchmark'])})"
+            + (f", {', '.join(left_out)} not estimated (too few labels)" if left_out else "")
+            + f"; interval = the mean of the cells' bounds (conservative); {paper_note}")
+    return {**row, "run": est, "ci_low": lo, "ci_high": hi,
+            "agrees": agrees_with(paper_value, est, lo, hi), "note": note}
+
+
+def table4_findings(literal: pd.DataFrame) -> list[dict]:
+    """The findings rows LLM, VE, Data per language set: the DSL Image x factor coefficient on
+    fidelity of Table 4 in the paper's literal specification (`literal`: interactions only)
+    beside the paper's. A cell not estimated gets no run value, agrees False and its reason."""
+    ours = dsl_factor_rows(literal)
+    rows = []
+    for r in paper.table4().itertuples():
+        key = (r.language_set, r.row)
+        paper_note = f"paper {r.ifl_effect:+.2f} [{r.ifl_ci_low:+.2f}, {r.ifl_ci_high:+.2f}]"
+        row = {"finding": table4_finding_name(r.row, r.language_set), "paper": f"{r.ifl_effect:.2f}"}
+        got = ours.loc[key] if key in ours.index else None
+        if got is None or pd.isna(got["estimate"]):
+            why = ("not in this run's Table 4" if got is None
+                   else got["note"] if isinstance(got["note"], str) and got["note"] else "not estimated")
+            rows.append({**row, "run": None, "ci_low": None, "ci_high": None, "agrees": False,
+                         "note": f"{why}; {paper_note}"})
+            continue
+        est, lo, hi = float(got["estimate"]), float(got["ci_low"]), float(got["ci_high"])
+        rows.append({**row, "run": est, "ci_low": lo, "ci_high": hi,
+                     "agrees": agrees_with(r.ifl_effect, est, lo, hi),
+                     "note": f"DSL, image:{r.row} on fidelity, interactions only (the paper's equation); "
+                             f"{got['n_labeled']:.0f} labeled rows; {paper_note}"})
+    return rows
+
+
+def findings(fig1: pd.DataFrame, literal: pd.DataFrame) -> list[dict]:
+    """Every findings row notebook 05 measures (keyword arguments of ifl.findings.write_finding)."""
+    return [ifl_exists_finding(fig1), *table4_findings(literal)]

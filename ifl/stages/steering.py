@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ifl import paper
+from ifl.findings import agrees_with
 from ifl.collect import collect_responses
 from ifl.params_schema import Steering
 from ifl.runtime import (collect_in_ranks, cpu_threads, free_memory, load_model, run_template,
@@ -241,3 +242,68 @@ def headline(summary_table: pd.DataFrame) -> str:
     avg = summary_table.set_index("model")
     return "IFL -> IFL + remedy (LID): " + "; ".join(
         f"{m} {r.ifl:+.3f} -> {r.ifl_remedy:+.3f}" for m, r in avg.iterrows())
+
+
+# --- the findings table (runs/<run>/findings.csv, ifl/findings.py) ---------------------------
+
+STEERING = "Steering at one third of the depth, scale 1, reduces IFL (Tables 5-9)"
+
+
+def _cell_sums(frame: pd.DataFrame, column: str, cells: pd.MultiIndex, ids: pd.Index):
+    """Per cell (rows) x parallel item (columns): the sum and the count of `column`."""
+    key = list(cells.names)
+    g = frame.groupby(key + ["parallel_id"])[column].agg(["sum", "count"])
+    wide = {stat: g[stat].unstack("parallel_id").reindex(index=cells, columns=ids).fillna(0.0).to_numpy()
+            for stat in ("sum", "count")}
+    return wide["sum"], wide["count"]
+
+
+def steering_effect(base: pd.DataFrame, steered: pd.DataFrame, column: str = "fidelity_lid", *,
+                    n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> dict:
+    """What steering does to the image's fidelity, averaged as Table 5 averages: per model x
+    benchmark x language cell, steered minus unsteered image-condition fidelity on the steered
+    items (= `ifl_table`'s diff, IFL + remedy - IFL: the text condition cancels), the unweighted
+    mean over a model's cells, then over the models. Its interval: a percentile bootstrap that
+    resamples parallel items (one item = the same image and question in every language and
+    model, so its responses are not independent). Returns estimate, ci_low, ci_high, n_models,
+    n_items."""
+    key = ["model", "benchmark", "lang"]
+    items = steered[["model", "parallel_id", "lang"]].drop_duplicates()
+    image = base[base["image"] == 1].merge(items, on=["model", "parallel_id", "lang"])
+    cells = pd.MultiIndex.from_frame(steered[key].drop_duplicates().sort_values(key))
+    ids = pd.Index(sorted(set(steered["parallel_id"])), name="parallel_id")
+    s_sum, s_n = _cell_sums(steered, column, cells, ids)
+    i_sum, i_n = _cell_sums(image, column, cells, ids)
+    rng = np.random.default_rng(seed)
+    weights = np.vstack([np.ones(len(ids)), rng.multinomial(len(ids), np.full(len(ids), 1 / len(ids)),
+                                                             size=n_boot)])  # row 0: the data as is
+    with np.errstate(invalid="ignore", divide="ignore"):  # a cell whose items were all left out: NaN
+        diff = weights @ s_sum.T / (weights @ s_n.T) - weights @ i_sum.T / (weights @ i_n.T)
+    models = cells.get_level_values("model")
+    per_model = np.column_stack([np.nanmean(diff[:, models == m], axis=1) for m in models.unique()])
+    overall = np.nanmean(per_model, axis=1)
+    boot = overall[1:][~np.isnan(overall[1:])]
+    alpha = (1 - level) / 2
+    return {"estimate": float(overall[0]), "ci_low": float(np.quantile(boot, alpha)),
+            "ci_high": float(np.quantile(boot, 1 - alpha)), "n_models": int(models.nunique()),
+            "n_items": len(ids)}
+
+
+def steering_finding(base: pd.DataFrame, steered: pd.DataFrame, p: Steering, column: str = "fidelity_lid",
+                     *, seed: int = 0, n_boot: int = 2000) -> dict:
+    """The findings row 'steering reduces IFL': `steering_effect` on `column` beside the paper's
+    mean improvement over its four models (Table 5's diff); agrees = positive, interval above 0."""
+    paper_value = float(paper.table5()["diff"].mean())
+    row = {"finding": STEERING, "paper": f"{paper_value:.3f}"}
+    paper_note = f"paper: mean over Table 5's {len(paper.table5())} models of IFL + remedy - IFL"
+    if steered.empty:
+        return {**row, "run": None, "ci_low": None, "ci_high": None, "agrees": False,
+                "note": f"not estimated: no steered responses; {paper_note}"}
+    got = steering_effect(base, steered, column, n_boot=n_boot, seed=seed)
+    setting = (f"layer {'n_layers // 3' if p.layer is None else p.layer}, scale {p.scale:g}"
+               + ("" if p.layer is None and p.scale == 1 else " (not the paper's setting)"))
+    note = (f"steered - unsteered image-condition fidelity ({column}), mean over {got['n_models']} "
+            f"model(s) of their cells' mean, {setting}; 95% interval: bootstrap over "
+            f"{got['n_items']} parallel items; {paper_note}")
+    return {**row, "run": got["estimate"], "ci_low": got["ci_low"], "ci_high": got["ci_high"],
+            "agrees": agrees_with(paper_value, got["estimate"], got["ci_low"], got["ci_high"]), "note": note}
