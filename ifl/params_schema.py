@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Iterator, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from ifl.data.hub import SOURCES, is_path_like
 from ifl.data.languages import LANGUAGES
@@ -89,6 +89,16 @@ class TranslateData(Block):
     mini_image_size: int = Field(32, ge=8, le=256)
     mini_error_rate: float = Field(0.0, ge=0.0, le=1.0, description=(
         "share of re-rendered training sentences corrupted, standing in for MT noise"))
+    mini_noise_model: Literal["word", "mt"] = Field("word", description=(
+        "kinds of translation noise: 'word' (wrong / dropped / untranslated word) or 'mt' (how "
+        "machine translation fails: source copied through, output truncated, script mixing, "
+        "wrong content word)"))
+    mini_text_only_share: float = Field(0.0, ge=0.0, le=1.0, description=(
+        "share of stage-2 records that are text-only conversations; LLaVA-1.5's mix665k: "
+        "40k ShareGPT of 665k = 0.06"))
+    mini_text_only_non_english: float = Field(0.0, ge=0.0, le=1.0, description=(
+        "share of those text-only conversations in a non-English language (spread evenly over "
+        "the lexicon's languages), standing in for ShareGPT's non-English conversations"))
     description_lang: Annotated[str, AfterValidator(_query_or_language)] = Field("query", description=(
         "language of the text that replaces the image: 'query' (the task's own language) or a "
         "fixed ISO code such as 'en' (sensitivity check)"))
@@ -155,6 +165,20 @@ class TrainVariants(Block):
         "held-out scenes per language for each LM's text-only check"))
     mini_tower_probe_scenes: int = Field(2000, ge=8, le=1_000_000, description=(
         "held-out scenes for the towers' probe check"))
+    mini_lm_crosslingual_share: float = Field(0.0, ge=0.0, le=1.0, description=(
+        "share of LM pretraining items that are cross-lingual (bitext sentence pairs, parallel "
+        "paragraphs, a scene described in one language and asked about in another)"))
+    mini_lm_reply_calibration: Literal["none", "multiq"] = Field("none", description=(
+        "'multiq': each backbone answers the share of its non-English pretraining questions in "
+        "English that its real counterpart does in MultiQ (Holtermann et al. 2024); 'none': "
+        "every question answered in its own language"))
+    mini_clip_text: Literal["own", "lm"] = Field("own", description=(
+        "'lm': the CLIP-style tower learns from English captions read through the English-"
+        "dominant LM's tokenizer and input embeddings (aligned with English as the LM has it); "
+        "'own': through a separate text model over its own word list"))
+    mini_component_probes: bool = Field(False, description=(
+        "add the cross-lingual probe, fidelity vs calibration target, reply-language probe by "
+        "layer and stage-2 retention to component_metrics.csv"))
     # --- miniature world: LLaVA training of each variant
     mini_stage1_steps: int = Field(100, ge=1, le=1_000_000)
     mini_stage2_steps: int = Field(250, ge=1, le=1_000_000)
@@ -204,6 +228,26 @@ def _default_llava_sources() -> dict[str, str]:
     return _default_sources(("llava-1.5-7b", "llava-1.5-13b", "bakllava", "llava-gemma-2b"))
 
 
+class CollectSpeedups(Block):
+    """How collection may compute faster (ifl.collect.options.Speedups; docs/collect_at_scale.md).
+    In float32 the rows are those of the plain path (tests/test_collect_fast.py); in bf16 they
+    differ only as any change of batch composition (e.g. another batch_size) moves them."""
+    share_prefix: bool = Field(False, description=(
+        "the prompt up to and including the image tokens once per image, its KV cache reused "
+        "for every language of the item (image-first templates; others fall back to plain)"))
+    static_cache: bool = Field(False, description="fixed-shape KV cache (needed by compile)")
+    compile: bool = Field(False, description=(
+        "torch.compile'd decode step on the static cache; pays a compilation per batch shape "
+        "(skipped by transformers for bitsandbytes models)"))
+
+    @model_validator(mode="after")
+    def _compile_needs_static_cache(self):
+        if self.compile and not self.static_cache:
+            raise ValueError("speedups.compile needs speedups.static_cache: true (the compiled "
+                             "decode step runs on a fixed-shape KV cache)")
+        return self
+
+
 class CollectResponses(Block):
     """03_collect_responses: every model x task x condition, greedy, batched, resumable."""
     models: list[str] = Field(["variants"], min_length=1, description=(
@@ -224,7 +268,12 @@ class CollectResponses(Block):
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     quantization: Literal["none", "4bit", "8bit"] = Field("4bit", description=(
         "4bit = NF4 via bitsandbytes (one 24 GB GPU); none = dtype as is"))
-    threads: int = Field(2, ge=1, le=256, description="CPU threads (miniature)")
+    threads: int = Field(2, ge=1, le=256, description="CPU threads (miniature; per rank)")
+    processes: int = Field(1, ge=1, le=1024, description=(
+        "ranks per machine: > 1 starts the collection with `accelerate launch`, one shard per "
+        "rank on cuda:<local rank> (on the CPU where the device is cpu), merged when all are "
+        "done; 1 = in this process (docs/collect_at_scale.md)"))
+    speedups: CollectSpeedups = Field(default_factory=CollectSpeedups)
     precision_check: bool = Field(False, description=(
         "also collect a seeded sample of tasks in both NF4 and bf16 and report each one's IFL "
         "and their difference with a cluster-bootstrap CI (precision_check.csv): did 4-bit "
@@ -280,6 +329,10 @@ class DslRegressions(Block):
     main_effects: bool = Field(True, description=(
         "Table 4 with the factors' main effects (text-condition differences between models); the "
         "paper's equation lists only Image and the Image x factor interactions"))
+    figure1_exclude_english: bool = Field(True, description=(
+        "Figure 1 leaves English queries out: an English answer to an English query is faithful "
+        "whatever the image does, so English rows only dilute the image effect (the paper's "
+        "steering tables list non-English languages only)"))
 
 
 class UmapCka(Block):
@@ -351,7 +404,11 @@ class Steering(Block):
         "a larger one shows how far the direction can push a small model)"))
     sweep_model: str | None = Field(None, description="model of the sweep; null = the first steered model")
     sweep_tasks_per_cell: int = Field(10, ge=1, description="tasks per benchmark x language in the sweep")
-    threads: int = Field(2, ge=1, le=256, description="CPU threads (miniature)")
+    threads: int = Field(2, ge=1, le=256, description="CPU threads (miniature; per rank)")
+    processes: int = Field(1, ge=1, le=1024, description=(
+        "ranks per machine for the steered collection (as 03_collect_responses.processes; the "
+        "layer sweep stays in this process)"))
+    speedups: CollectSpeedups = Field(default_factory=CollectSpeedups)
 
 
 # Current open VLMs beside the paper's four LLaVAs (notebook 08): short name -> hub id

@@ -1,6 +1,6 @@
 """What every stage needs to run, below the stages: the notebook's opening call, the device,
-CPU threads, freeing memory between models, loading a model from a row of a models table, and
-the seeded choice of parallel items.
+CPU threads, freeing memory between models, loading a model from a row of a models table (or
+collecting its responses in several processes), and the seeded choice of parallel items.
 
 A stage module (ifl/stages/) imports this module and the engines, never another stage.
 
@@ -119,12 +119,46 @@ def load_model(row: Any, *, dtype: str, quantization: str, device: str):
     no quantization."""
     from ifl.models import load_llava
 
+    return load_llava(**_loader_kwargs(row, dtype, quantization), device=device)
+
+
+def _loader_kwargs(row: Any, dtype: str, quantization: str) -> dict:
+    """`load_llava`'s arguments for a models-table row, except the device."""
     get = row.get if isinstance(row, (dict, pd.Series)) else lambda key: getattr(row, key, None)
     revision = get("revision")
     if revision is not None and pd.isna(revision):
         revision = None
-    return load_llava(get("source"), revision=revision, dtype=dtype, device=device,
-                      quantization=None if quantization == "none" else quantization)
+    return dict(source=str(get("source")), revision=revision, dtype=dtype,
+                quantization=None if quantization == "none" else quantization)
+
+
+def collect_in_ranks(row: Any, tasks: pd.DataFrame, *, processes: int, out_dir, dtype: str,
+                     quantization: str, device: str, threads: int | None, collect: dict,
+                     steering=None, key: str = "processes") -> pd.DataFrame:
+    """A models-table row's responses to `tasks` from `processes` ranks started by `accelerate
+    launch` (ifl.collect.launch): each loads the row's model on cuda:<local rank> (the CPU when
+    `device` is cpu) and collects its shard; the merged rows are returned. `collect` holds
+    collect_responses' keyword arguments; `steering` a picklable steering callable (its vector
+    is handed to the ranks). A failed rank raises RankFailedError naming its log; a rerun does
+    only what is missing. `key` names the param in errors."""
+    import dataclasses
+
+    import torch
+
+    from ifl.collect.launch import collect_in_processes
+
+    if device != "cpu" and torch.cuda.device_count() < processes:
+        raise ValueError(f"{key}={processes}, but {torch.cuda.device_count()} GPUs are visible: "
+                         "one rank per GPU (lower it, or set common.device: cpu)")
+    if steering is not None and dataclasses.is_dataclass(steering) and \
+            isinstance(getattr(steering, "vector", None), torch.Tensor):
+        # saved for the ranks from the CPU: each moves it to its own device when steering
+        steering = dataclasses.replace(steering, vector=steering.vector.detach().cpu())
+    return collect_in_processes(tasks, processes=processes, out_dir=out_dir, collect=collect,
+                                loader="ifl.models:load_llava",
+                                loader_kwargs=_loader_kwargs(row, dtype, quantization),
+                                steering=steering, device="cpu" if device == "cpu" else "auto",
+                                threads=threads if device == "cpu" else None)
 
 
 def sample_parallel_items(frame: pd.DataFrame, per_benchmark: int | None, seed: int) -> pd.DataFrame:

@@ -69,6 +69,10 @@ mini_clip_steps = 800
 mini_tower_twins = 0.25
 mini_lm_eval_scenes = 60
 mini_tower_probe_scenes = 2000
+mini_lm_crosslingual_share = 0.0
+mini_lm_reply_calibration = "none"
+mini_clip_text = "own"
+mini_component_probes = False
 mini_stage1_steps = 100
 mini_stage2_steps = 250
 mini_stage1_lr = 0.001
@@ -136,6 +140,23 @@ else:
     display(pd.DataFrame({"source": {**llm_paths, **vision_paths}}))
 
 # %% [markdown]
+# With `mini_component_probes`: each backbone's text-only reply language beside its calibration
+# target (real chat LLMs' reply languages, MultiQ, Holtermann et al. 2024; see
+# ifl/data/miniature/calibration.py for which real model stands for which backbone), the
+# cross-lingual probe (facts in one language, question in another: correct, and answered in the
+# question's language?), and a linear probe of the reply language at every layer.
+
+# %%
+if common.world == "miniature" and p.mini_component_probes:
+    from ifl.mini.metrics import crosslingual_summary
+    text = metrics[metrics["kind"] == "lm_text"].pivot_table(index=["component", "lang"], columns="metric",
+                                                             values="value")
+    display(text[["fidelity", "target_in_lang", "in_english", "target_in_english", "accuracy"]].round(2))
+    display(crosslingual_summary(metrics[metrics["kind"] == "lm_crosslingual"]).round(2))
+    display(metrics[metrics["kind"] == "lm_probe"].pivot_table(index="component", columns=["metric", "site"],
+                                                               values="value").round(2))
+
+# %% [markdown]
 # ## The design space (Table 3)
 
 # %%
@@ -190,6 +211,21 @@ if common.world == "miniature":
     display(sanity[["variant", "data_lang", "n", "accuracy", "chance", "accuracy_one_object",
                     "accuracy_several_objects", "answer_in_training_language"]].round(3))
     display(stage02.accuracy_by_type(sanity).round(3))
+
+# %% [markdown]
+# ## Stage-2 retention: does the LM keep its text-only language behaviour?
+# (with `mini_component_probes`) Each variant's LM answers the text-only questions again, without
+# an image; beside it, its backbone's answers before LLaVA training.
+
+# %%
+if common.world == "miniature" and p.mini_component_probes:
+    from ifl.mini.metrics import stage2_retention
+    kept = stage2_retention(metrics, trained, common.languages, n_scenes=p.mini_lm_eval_scenes // 2,
+                            seed=common.seed)
+    metrics = pd.concat([metrics, kept], ignore_index=True)
+    metrics.to_csv(stage.path("component_metrics.csv"), index=False)
+    display(kept[kept["metric"].str.startswith("fidelity")].pivot_table(
+        index="component", columns=["metric", "lang"], values="value").round(2))
 
 # %% [markdown]
 # ## Summary

@@ -31,9 +31,10 @@
 # the work is **resumable**: responses are written in atomic parquet parts under
 # `runs/<run>/responses/<model>/`, so an interrupted run (Ctrl-C, `kill -9`, a lost machine)
 # continues where it stopped and yields exactly the rows of an uninterrupted one. A model whose
-# responses are all stored is not loaded again. To spread one model over N processes, run
-# `collect_responses(..., shard=(i, N))` in each (or under `accelerate launch`), then
-# `merge_shards`; see `ifl/collect/`.
+# responses are all stored is not loaded again. With `processes: N` (one per GPU) each model's
+# missing responses are collected by N ranks started with `accelerate launch`, one shard each,
+# and merged; `speedups` computes the image prefix once per image (`share_prefix`) or decodes
+# with a compiled step. See docs/collect_at_scale.md.
 #
 # **Choices where the paper is silent** (all params): the token limit (`max_new_tokens`; the
 # paper does not give it), the chat template per model (`ifl/models.yaml`: LLaVA-1.5 and BakLLaVA
@@ -67,6 +68,8 @@ batch_size = 64
 dtype = "float32"
 quantization = "none"
 threads = 2
+processes = 1
+speedups = {"share_prefix": False, "static_cache": False, "compile": False}
 precision_check = False
 precision_check_items = 50
 

@@ -83,6 +83,8 @@ sweep_scales = [1.0, 2.0, 4.0, 8.0]
 sweep_model = None
 sweep_tasks_per_cell = 10
 threads = 2
+processes = 1
+speedups = {"share_prefix": False, "static_cache": False, "compile": False}
 
 # %%
 import json

@@ -216,3 +216,14 @@ def test_headline_states_the_key_numbers(data):
     line = stage05.headline(fig1, t4, regress.recovery(fig1, ["model", "benchmark"]))
     assert "truth inside the CI: DSL" in line and "Table 4 German LLM/VE/Data" in line
     assert "(paper +0.07/-0.11/-0.37)" in line
+
+
+def test_figure1_leaves_english_queries_out_unless_asked():
+    """An English reply to an English query is faithful either way: Figure 1 drops those rows by
+    default (figure1_exclude_english), and keeps them when asked."""
+    from ifl.stages.dsl_regressions import figure1_rows
+    scored = pd.DataFrame({"kind": ["llava"] * 3 + ["variant"], "lang": ["en", "de", "zh", "de"],
+                           "model": ["a", "a", "a", "v"]})
+    rows, role = figure1_rows(scored)
+    assert list(rows["lang"]) == ["de", "zh"] and role.startswith("off-the-shelf")
+    assert list(figure1_rows(scored, exclude_english=False)[0]["lang"]) == ["en", "de", "zh"]

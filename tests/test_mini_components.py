@@ -228,3 +228,36 @@ def test_doctests():
     from ifl.mini import common, components, lm, tokenizer, towers
     for module in (common, components, lm, tokenizer, towers):
         assert doctest.testmod(module).failed == 0, module.__name__
+
+
+def test_clip_tower_can_read_captions_through_the_lm(tiny_lm, tmp_path, monkeypatch):
+    """clip_text='lm': captions go through the LM's tokenizer and frozen input embeddings; the
+    LM's build settings are part of the tower's cache key."""
+    from ifl.mini.towers import LMCaptionEncoder
+    lm_dir, _ = tiny_lm
+    encoder = LMCaptionEncoder(lm_dir, hidden=32)
+    out = encoder(["a red star", "two shapes: a blue circle and a green square"])
+    assert out.shape == (2, 32) and not encoder.table.requires_grad
+    path, metrics = train_clip_tower(tmp_path / "clip", text_lm=lm_dir, **TINY_TOWER)
+    assert "retrieval_top1" in metrics
+    assert json.loads((path / DONE).read_text())["text_lm"]["name"] == "leo"
+    with pytest.raises(ValueError, match="vicuna"):
+        build_components(tmp_path / "c", clip_text="lm", backbones={"yi": {"en": 1.0}}, progress=False)
+
+
+def test_component_report_has_every_table(tiny_lm):
+    """Text fidelity beside the calibration target, the cross-lingual probe over language pairs,
+    and the reply-language probe at every site (embeddings + each layer)."""
+    from ifl.mini.metrics import component_report, crosslingual_summary
+    lm_dir, _ = tiny_lm
+    rows = component_report({"leo": str(lm_dir)}, ["leo"], ["en", "de"], n_scenes=4, probe_scenes=2, seed=0)
+    assert set(rows["kind"]) == {"lm_text", "lm_crosslingual", "lm_probe"}
+    text = rows[rows["kind"] == "lm_text"]
+    assert set(text["metric"]) == {"accuracy", "fidelity", "in_english", "target_in_lang", "target_in_english"}
+    assert text.query("metric == 'target_in_lang'")["lang"].tolist() == ["de"]
+    pairs = rows[rows["kind"] == "lm_crosslingual"][["lang", "context_lang"]].drop_duplicates()
+    assert len(pairs) == 4
+    assert set(crosslingual_summary(rows[rows["kind"] == "lm_crosslingual"]).columns) >= {
+        "accuracy_same", "accuracy_cross", "fidelity_cross"}
+    probe = rows[rows["kind"] == "lm_probe"]
+    assert sorted(probe["site"].unique()) == [0, 1]      # TINY_LM has one layer

@@ -21,6 +21,7 @@ has all rows (or call `merge_shards` once afterwards).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -34,8 +35,7 @@ import torch
 
 from ifl.collect.engine import CONDITIONS, build_items
 from ifl.collect.store import KEY, load_responses, merge_shards, model_dir
-from ifl.collect.worker import rank_files
-from ifl.prompts import template as get_template
+from ifl.collect.worker import chat_template, rank_files
 
 
 class RankFailedError(RuntimeError):
@@ -82,8 +82,10 @@ def collect_in_processes(tasks: pd.DataFrame, *, processes: int, out_dir: str | 
         raise ValueError(f"processes must be >= 1, got {processes}")
     if {"shard", "steering", "out_dir"} & set(collect):
         raise ValueError("collect must not set shard, steering or out_dir (the launcher does)")
-    if not isinstance(collect.get("template", ""), str):  # a ChatTemplate: by its prompts.yaml name
-        collect = dict(collect, template=collect["template"].name)
+    if not isinstance(collect.get("template", ""), str):
+        # a ChatTemplate as its fields, so the ranks prompt with this one (its model's
+        # image_first included), not with the prompts.yaml entry of the same name
+        collect = dict(collect, template=dataclasses.asdict(collect["template"]))
     name = collect["model_name"]
     root = model_dir(out_dir, name) / "launch"
     root.mkdir(parents=True, exist_ok=True)
@@ -139,7 +141,7 @@ def collect_in_processes(tasks: pd.DataFrame, *, processes: int, out_dir: str | 
 def _expected(tasks: pd.DataFrame, collect: dict) -> pd.DataFrame:
     """The (task_id, condition) pairs the run must produce."""
     t = collect.get("template", "llava_hf")
-    t = get_template(t) if isinstance(t, str) else t
+    t = chat_template(t)
     items = build_items(tasks, t, collect.get("conditions", CONDITIONS))
     return pd.DataFrame([(it.task_id, it.condition) for it in items], columns=KEY)
 

@@ -9,7 +9,8 @@ to `<log_dir>/rank-<RANK>.log`; its end state (done or the error) to `rank-<RANK
 
 JOB.json (written by launch.py): loader ("module:function") and loader_kwargs (the device is
 added as `device`), tasks (a parquet path), steering (a torch.save'd callable, or null), and
-collect (collect_responses' keyword arguments: model_name, template, out_dir, ...).
+collect (collect_responses' keyword arguments: model_name, template (a prompts.yaml name or a
+ChatTemplate's fields), out_dir, ...).
 """
 from __future__ import annotations
 
@@ -25,6 +26,15 @@ from pathlib import Path
 def rank_files(log_dir: str | os.PathLike, rank: int) -> tuple[Path, Path]:
     """(log, status) of one rank."""
     return Path(log_dir) / f"rank-{rank}.log", Path(log_dir) / f"rank-{rank}.json"
+
+
+def chat_template(value):
+    """The ChatTemplate a job names: a prompts.yaml name, or a ChatTemplate's fields (a dict)."""
+    from ifl.prompts import ChatTemplate, template
+
+    if isinstance(value, str):
+        return template(value)
+    return ChatTemplate(**value) if isinstance(value, dict) else value
 
 
 def rank_device(local_rank: int, requested: str = "auto") -> str:
@@ -53,8 +63,9 @@ def run(job: dict, rank: int, world: int, local_rank: int) -> int:
         "pass_device", True) else {}))
     tasks = pd.read_parquet(job["tasks"])
     steering = torch.load(job["steering"], weights_only=False) if job.get("steering") else None
+    collect = dict(job["collect"], template=chat_template(job["collect"].get("template", "llava_hf")))
     df = collect_responses(model, processor, tasks, shard=(rank, world), steering=steering,
-                           progress=False, **job["collect"])
+                           progress=False, **collect)
     print(f"rank {rank}/{world} on {device}: {len(df)} rows in its shard", flush=True)
     return len(df)
 

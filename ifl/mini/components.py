@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ifl.data.miniature import BACKBONE_MIXES, available_langs
+from ifl.data.miniature.calibration import english_reply_shares
 from ifl.mini.lm import pretrain_lm
 from ifl.mini.tokenizer import tokenizer_texts, train_tokenizer
 from ifl.mini.towers import train_clip_tower, train_dino_tower
@@ -46,6 +47,11 @@ class ComponentConfig:
     lm_lr: float = 3e-3
     lm_hint_drop: float = 0.3         # short questions pretrained without the one-word hint
     lm_eval_scenes: int = 60          # x 6 languages held-out text-only questions per LM
+    # share of cross-lingual pretraining items (bitext, parallel paragraphs, cross-lingual QA)
+    lm_crosslingual_share: float = 0.0
+    # "multiq": each backbone answers that share of its non-English questions in English that
+    # its real counterpart does (ifl/data/miniature/calibration.py); "none": always in-language
+    lm_reply_calibration: str = "none"
     tower_hidden: int = 64
     tower_layers: int = 3
     tower_steps: int = 300            # DINO tower (and CLIP's when clip_steps is None)
@@ -59,6 +65,9 @@ class ComponentConfig:
     patch: int = 8                    # 32 / 8 -> 16 patch tokens (+ CLS)
     backbones: dict = field(default_factory=lambda: {k: dict(v) for k, v in BACKBONES.items()})
     towers: tuple = ("clip", "dino")
+    # "lm": the CLIP-style tower's captions are read through the English-dominant LM's (vicuna's)
+    # tokenizer and input embeddings; "own": a separate text model over its own word list
+    clip_text: str = "own"
 
 
 def _config(settings: dict) -> ComponentConfig:
@@ -67,6 +76,14 @@ def _config(settings: dict) -> ComponentConfig:
     if unknown:
         raise TypeError(f"build_components: unknown setting(s) {unknown}; known: {sorted(names)}")
     config = ComponentConfig(**settings)
+    if config.lm_reply_calibration not in ("none", "multiq"):
+        raise ValueError(f"build_components: lm_reply_calibration must be 'none' or 'multiq', "
+                         f"got {config.lm_reply_calibration!r}")
+    if config.clip_text not in ("own", "lm"):
+        raise ValueError(f"build_components: clip_text must be 'own' or 'lm', got {config.clip_text!r}")
+    if config.clip_text == "lm" and "clip" in config.towers and "vicuna" not in config.backbones:
+        raise ValueError("build_components: clip_text='lm' reads captions through the vicuna LM; "
+                         "add vicuna to backbones or use clip_text='own'")
     bad = [t for t in config.towers if t not in TOWERS]
     if bad:
         raise ValueError(f"build_components: unknown tower(s) {bad}; known: {sorted(TOWERS)}")
@@ -119,7 +136,9 @@ def build_components(out_dir: str | Path, *, seed: int = 0, progress: bool = Tru
             name, mix, tokenizer, out / f"lm-{name}", hidden=config.lm_hidden, layers=config.lm_layers,
             steps=config.lm_steps, batch=config.lm_batch, lr=config.lm_lr, seed=seed,
             eval_scenes=config.lm_eval_scenes, hint_drop=config.lm_hint_drop,
-            tokenizer_id=tokenizer_id(tokenizer), progress=progress)
+            tokenizer_id=tokenizer_id(tokenizer), crosslingual_share=config.lm_crosslingual_share,
+            english_reply=english_reply_shares(name) if config.lm_reply_calibration == "multiq" else None,
+            progress=progress)
         paths[name] = str(path)
         rows += _rows(name, "lm", metrics)
 
@@ -133,7 +152,8 @@ def build_components(out_dir: str | Path, *, seed: int = 0, progress: bool = Tru
             hidden=config.tower_hidden, layers=config.tower_layers, steps=steps,
             batch=config.tower_batch, lr=getattr(config, f"{name}_lr"), seed=seed,
             twins=config.tower_twins if clip else 0.0,
-            probe_scenes=config.tower_probe_scenes, progress=progress)
+            probe_scenes=config.tower_probe_scenes, progress=progress,
+            **({"text_lm": paths.get("vicuna")} if clip and config.clip_text == "lm" else {}))
         paths[name] = str(path)
         rows += _rows(name, "tower", metrics)
 

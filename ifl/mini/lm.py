@@ -155,12 +155,14 @@ def pretrain_lm(name: str, mix: dict[str, float], tokenizer, out_dir: str | Path
                 hidden: int = 96, layers: int = 3, steps: int = 600, batch: int = 48,
                 lr: float = 3e-3, seed: int = 0, eval_scenes: int = 60,
                 hint_drop: float = 0.3, chat_template: str = "llava_hf", tokenizer_id: str = "",
+                crosslingual_share: float = 0.0, english_reply: dict[str, float] | None = None,
                 progress: bool = True) -> tuple[Path, dict]:
     """Pretrain (or load the cached) LM `name` on `steps * batch` text-only QA items drawn with
     language shares `mix`; evaluate text-only QA per language of `mix` on `eval_scenes` parallel
     held-out scenes. Saves model, tokenizer, metrics.json and DONE into `out_dir`.
     `tokenizer_id` (e.g. components.tokenizer_id(tok)) joins the cache key, so a retrained
-    tokenizer of the same size retrains the LM."""
+    tokenizer of the same size retrains the LM.
+    `crosslingual_share`, `english_reply`: see `ifl.data.miniature.pretraining_corpus`."""
     from tqdm.auto import tqdm
     from transformers import LlamaForCausalLM
 
@@ -169,12 +171,16 @@ def pretrain_lm(name: str, mix: dict[str, float], tokenizer, out_dir: str | Path
                 "tokenizer": tokenizer_id, "hidden": hidden,
                 "layers": layers, "steps": steps, "batch": batch, "lr": lr, "seed": seed,
                 "eval_scenes": eval_scenes, "hint_drop": hint_drop, "template": chat_template}
+    if crosslingual_share or english_reply:   # only then: older builds keep their cache key
+        settings.update(crosslingual_share=crosslingual_share, english_reply=english_reply or {})
     if is_done(out_dir, settings):
         return out_dir, json.loads((out_dir / "metrics.json").read_text())
     fresh_dir(out_dir)
     start = time.perf_counter()
     t = template(chat_template)
-    examples = corpus_examples(pretraining_corpus(mix, steps * batch, seed), tokenizer, t, hint_drop, seed)
+    corpus = pretraining_corpus(mix, steps * batch, seed, crosslingual_share=crosslingual_share,
+                                english_reply=english_reply)
+    examples = corpus_examples(corpus, tokenizer, t, hint_drop, seed)
     order = list(range(len(examples)))
     random.Random(f"lm-order:{seed}").shuffle(order)
     torch.manual_seed(seed)

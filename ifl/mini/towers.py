@@ -125,6 +125,31 @@ class CaptionEncoder(torch.nn.Module):
         return self.model(input_ids=ids, attention_mask=(ids > 0).long()).pooler_output
 
 
+class LMCaptionEncoder(torch.nn.Module):
+    """English captions read through a miniature LM's own tokenizer and frozen input embeddings,
+    then one transformer layer, mean-pooled: the tower's images align with English text as the
+    LM itself represents it (real CLIP's text side and Vicuna share English, not weights; here the
+    shared vocabulary stands for that). Not saved: only a training signal. texts -> [n, hidden]."""
+
+    def __init__(self, lm_dir: str | Path, hidden: int, max_tokens: int = 128):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        super().__init__()
+        self.tokenizer = AutoTokenizer.from_pretrained(lm_dir)
+        table = AutoModelForCausalLM.from_pretrained(lm_dir).get_input_embeddings().weight.detach().clone()
+        self.register_buffer("table", table, persistent=False)       # [vocab, d_lm], frozen
+        self.proj = torch.nn.Linear(table.shape[1], hidden)
+        self.pos = torch.nn.Parameter(torch.zeros(max_tokens, hidden))
+        self.layer = torch.nn.TransformerEncoderLayer(hidden, max(1, hidden // 32), 4 * hidden, dropout=0.0,
+                                                      batch_first=True, norm_first=True)
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        enc = self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
+        ids, mask = enc["input_ids"][:, :len(self.pos)], enc["attention_mask"][:, :len(self.pos)].bool()
+        x = self.proj(self.table[ids]) + self.pos[:ids.shape[1]]
+        x = self.layer(x, src_key_padding_mask=~mask)
+        return (x * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+
+
 def clip_loss(img: torch.Tensor, txt: torch.Tensor, same: torch.Tensor, logit_scale) -> torch.Tensor:
     """Symmetric InfoNCE. img, txt [n, d] (unnormalised); same [n, n] bool, True where two
     captions are identical (1-object scenes repeat: those are not negatives of each other)."""
@@ -137,9 +162,10 @@ def clip_loss(img: torch.Tensor, txt: torch.Tensor, same: torch.Tensor, logit_sc
 def train_clip_tower(out_dir: str | Path, *, image_size: int = 32, patch: int = 8, hidden: int = 64,
                      layers: int = 3, steps: int = 300, batch: int = 128, lr: float = 4e-3,
                      seed: int = 0, twins: float = 0.0, probe_scenes: int = 2000,
-                     progress: bool = True) -> tuple[Path, dict]:
+                     text_lm: str | Path | None = None, progress: bool = True) -> tuple[Path, dict]:
     """Train (or load the cached) CLIPVisionModel against English captions; save it with a
-    CLIPImageProcessor. Metrics: caption retrieval among 200 held-out images (top-1, exact
+    CLIPImageProcessor. text_lm: a miniature LM directory whose tokenizer and input embeddings
+    read the captions (LMCaptionEncoder); None: a CLIP text model over its own word list. Metrics: caption retrieval among 200 held-out images (top-1, exact
     caption), and `probe`."""
     from tqdm.auto import tqdm
     from transformers import CLIPVisionConfig, CLIPVisionModel
@@ -148,6 +174,8 @@ def train_clip_tower(out_dir: str | Path, *, image_size: int = 32, patch: int = 
     settings = {"kind": "clip", "image_size": image_size, "patch": patch, "hidden": hidden,
                 "layers": layers, "steps": steps, "batch": batch, "lr": lr, "seed": seed,
                 "twins": twins, "probe_scenes": probe_scenes}
+    if text_lm is not None:   # the LM's own build settings join the key: a rebuilt LM rebuilds CLIP
+        settings["text_lm"] = json.loads((Path(text_lm) / "DONE").read_text())
     if is_done(out_dir, settings):
         return out_dir, json.loads((out_dir / "metrics.json").read_text())
     fresh_dir(out_dir)
@@ -157,7 +185,8 @@ def train_clip_tower(out_dir: str | Path, *, image_size: int = 32, patch: int = 
     torch.manual_seed(seed)
     vision = CLIPVisionModel(CLIPVisionConfig(image_size=image_size, patch_size=patch,
                                               **_vision_dims(hidden, layers)))
-    text = CaptionEncoder(vocab, hidden, layers=1)   # English captions of ~25 words: one layer reads them
+    # English captions of ~25 words: one layer reads them
+    text = CaptionEncoder(vocab, hidden, layers=1) if text_lm is None else LMCaptionEncoder(text_lm, hidden)
     heads = torch.nn.ModuleDict({"img": torch.nn.Linear(hidden, hidden, bias=False),
                                  "txt": torch.nn.Linear(hidden, hidden, bias=False)})
     logit_scale = torch.nn.Parameter(torch.tensor(np.log(1 / 0.07), dtype=torch.float32))

@@ -3,7 +3,9 @@
 Both worlds run the same loop: every model of the run (off-the-shelf LLaVAs for Figure 1, the
 variants notebook 02 trained for Table 4) answers every selected task in every condition through
 `ifl.collect.collect_responses`, which resumes after any interruption. A model whose responses
-are all stored is not even loaded again.
+are all stored is not even loaded again. With `processes` > 1 each model's missing responses
+are collected by that many ranks through `accelerate launch` (`ifl.runtime.collect_in_ranks`),
+merged, and read back the same way.
 """
 from __future__ import annotations
 
@@ -20,8 +22,8 @@ from ifl.collect import collect_responses, load_responses
 from ifl.collect.store import model_dir
 from ifl.models import model_info, template_for
 from ifl.params_schema import CollectResponses
-from ifl.runtime import (cpu_threads, free_memory, load_model, run_template, sample_parallel_items,
-                         variant_template)
+from ifl.runtime import (collect_in_ranks, cpu_threads, free_memory, load_model, run_template,
+                         sample_parallel_items, variant_template)
 from ifl.stage import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -150,13 +152,19 @@ def collect_all(models: pd.DataFrame, tasks: pd.DataFrame, out_dir: Path, p: Col
             forget_stale(out_dir, row.model, weights_id(row.source, row.revision))
             todo = missing_pairs(out_dir, row.model, tasks, p.conditions)
             start = time.perf_counter()
-            if todo:
+            collect = dict(model_name=row.model, template=run_template(row),
+                           conditions=list(p.conditions), max_new_tokens=p.max_new_tokens,
+                           batch_size=p.batch_size, speedups=p.speedups.model_dump())
+            if todo and p.processes > 1:
+                df = collect_in_ranks(row, tasks, processes=p.processes, out_dir=out_dir,
+                                      dtype=p.dtype, quantization=p.quantization, device=device,
+                                      threads=p.threads, collect=collect,
+                                      key="03_collect_responses.processes")
+            elif todo:
                 model, processor = load_model(row, dtype=p.dtype, quantization=p.quantization,
                                               device=device)
-                df = collect_responses(model, processor, tasks, model_name=row.model,
-                                       template=run_template(row), conditions=tuple(p.conditions),
-                                       max_new_tokens=p.max_new_tokens, batch_size=p.batch_size,
-                                       out_dir=out_dir, progress=progress)
+                df = collect_responses(model, processor, tasks, out_dir=out_dir,
+                                       progress=progress, **collect)
                 del model, processor
                 free_memory()
             else:
@@ -173,7 +181,8 @@ def generation_settings(p: CollectResponses, device: str) -> dict:
     """How the responses were generated (generation.json): a later stage that generates more
     (notebook 07's steered runs) must generate alike to be comparable."""
     return {"max_new_tokens": p.max_new_tokens, "dtype": p.dtype, "quantization": p.quantization,
-            "conditions": list(p.conditions), "batch_size": p.batch_size, "device": device}
+            "conditions": list(p.conditions), "batch_size": p.batch_size, "device": device,
+            "processes": p.processes, "speedups": p.speedups.model_dump()}
 
 
 def answer_lengths(responses: pd.DataFrame, tasks: pd.DataFrame, max_new_tokens: int) -> pd.DataFrame:

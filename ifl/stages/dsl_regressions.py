@@ -15,10 +15,13 @@ from ifl.paper import MODEL_ORDER
 from ifl.params_schema import DslRegressions
 from ifl.regress import FACTORS, OUTCOMES, group_effects
 
-def figure1_rows(scored: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+def figure1_rows(scored: pd.DataFrame, exclude_english: bool = True) -> tuple[pd.DataFrame, str]:
     """The responses Figure 1 is about, and whose they are: the off-the-shelf LLaVA models
     (kind 'llava') where the run has any (the paper), else every trained variant (the miniature,
-    whose English-trained vicuna-clip-en variant stands in for LLaVA-1.5)."""
+    whose English-trained vicuna-clip-en variant stands in for LLaVA-1.5); without English
+    queries when `exclude_english` (an English reply to them is faithful either way)."""
+    if exclude_english:
+        scored = scored[scored["lang"] != "en"]
     if (scored["kind"] == "llava").any():
         return scored[scored["kind"] == "llava"], "off-the-shelf LLaVA models"
     return scored[scored["kind"] == "variant"], "trained variants (no off-the-shelf models in this run)"
@@ -46,7 +49,7 @@ def english_trained(models: list[str]) -> set[str]:
 def figure1(scored: pd.DataFrame, p: DslRegressions, *, seed: int) -> pd.DataFrame:
     """Figure 1: IFL (image effect on fidelity) per model x benchmark, every estimator, with the
     paper's reported value where the paper reports that cell (`paper`, as a proportion)."""
-    rows, _ = figure1_rows(scored)
+    rows, _ = figure1_rows(scored, p.figure1_exclude_english)
     out = group_effects(rows, ["model", "benchmark"], OUTCOMES["fidelity"], p, seed=seed)
     reported = paper.figure1_reported()
     out = out.merge(reported[["model", "benchmark", "paper"]], on=["model", "benchmark"], how="left")

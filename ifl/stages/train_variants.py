@@ -51,10 +51,19 @@ def miniature_components(p: TrainVariants, out: Path, seed: int) -> dict:
             tower_hidden=p.mini_tower_hidden, tower_layers=p.mini_tower_layers,
             tower_steps=p.mini_tower_steps, clip_steps=p.mini_clip_steps,
             tower_twins=p.mini_tower_twins, lm_eval_scenes=p.mini_lm_eval_scenes,
-            tower_probe_scenes=p.mini_tower_probe_scenes)
+            tower_probe_scenes=p.mini_tower_probe_scenes,
+            lm_crosslingual_share=p.mini_lm_crosslingual_share,
+            lm_reply_calibration=p.mini_lm_reply_calibration, clip_text=p.mini_clip_text)
+        metrics = pd.DataFrame(built["metrics"])
+        if p.mini_component_probes:
+            from ifl.data.miniature import available_langs
+            from ifl.mini.metrics import component_report
+            metrics = pd.concat([metrics, component_report(
+                built["paths"], list(p.llms), available_langs(), n_scenes=p.mini_lm_eval_scenes,
+                probe_scenes=max(1, p.mini_lm_eval_scenes // 4), seed=seed)], ignore_index=True)
     paths = dict(built["paths"])
     paths["dinov2"] = paths.pop("dino")  # the miniature's DINOv2 stand-in
-    return {"paths": paths, "metrics": pd.DataFrame(built["metrics"])}
+    return {"paths": paths, "metrics": metrics}
 
 
 def stage_settings(p: TrainVariants, world: str) -> tuple[StageSettings, StageSettings]:

@@ -117,14 +117,17 @@ def miniature_training_data(p: TranslateData, out_dir: Path, seed: int) -> dict:
     "image_folder": path}; image paths inside the records are relative to image_folder.
     """
     english = write_training_data(out_dir / "en", p.mini_caption_records, p.mini_instruct_records,
-                                  seed=seed, image_size=p.mini_image_size)
+                                  seed=seed, image_size=p.mini_image_size,
+                                  text_only_share=p.mini_text_only_share,
+                                  text_only_non_english=p.mini_text_only_non_english)
     manifest: dict = {"image_folder": str(english["images"]),
                       "en": {"pretrain": str(english["captions"]), "instruct": str(english["instruct"])}}
     for lang in p.training_languages:
         if lang == "en":
             continue
         for part, source in (("pretrain", english["captions"]), ("instruct", english["instruct"])):
-            path = rerender_file(source, out_dir / lang / source.name, lang, p.mini_error_rate, seed)
+            path = rerender_file(source, out_dir / lang / source.name, lang, p.mini_error_rate, seed,
+                                 noise=p.mini_noise_model)
             manifest.setdefault(lang, {})[part] = str(path)
     write_json_atomic(out_dir / "manifest.json", manifest)
     return manifest

@@ -20,7 +20,10 @@ IMAGE_TOKEN = "<image>"
 # acts rendered as sentences (capitalised); answers and captions stay as they are
 SENTENCES = frozenset(a for a in ACTS if a.split("_")[0] in ("ask", "hint", "instr", "say"))
 # acts that stand on a line of their own, as in LLaVA's data ("<image>\n...", "...\nAnswer ...")
-_OWN_LINE = frozenset({"image", "hint_short"})
+_OWN_LINE = frozenset({"image", "hint_short", "break"})
+# {"act": "break"}: a line break inside a turn and nothing else (a text-only turn's scene
+# description, then its question on the next line, as in the text-only condition's prompt)
+BREAK = "break"
 _TABLE = {"color": "colors", "shape": "shapes", "pos": "positions", "n": "numbers",
           "value": "yesno"}
 
@@ -67,6 +70,8 @@ def render_act(act: dict, lang: str) -> str:
     """
     if act["act"] == "image":
         return IMAGE_TOKEN
+    if act["act"] == BREAK:
+        return ""
     lex = load(lang)
     variants = lex.templates[act["act"]]
     template = variants[act.get("v", 0) % len(variants)]
@@ -93,5 +98,7 @@ def render_turn(acts: list[dict], lang: str, texts: list[str] | None = None) -> 
     sep = " " if load(lang).spaces else ""
     out = texts[0] if texts else ""
     for prev, act, text in zip(acts, acts[1:], texts[1:]):
+        if act["act"] == BREAK:
+            continue
         out += ("\n" if {prev["act"], act["act"]} & _OWN_LINE else sep) + text
     return out

@@ -9,6 +9,14 @@ probability, one corruption per sentence, its kind drawn uniformly from those th
 - drop_word:    one word is left out (only in sentences of two or more words);
 - untranslated: one colour or shape word stays English ("der red Kreis"); a one-word answer
                 (count, yes/no, position) stays English as a whole; never for target "en".
+With `noise="mt"` the kinds are those machine translation itself produces on LLaVA-style data
+(NMT failure modes: a source copied through untranslated, output cut short, foreign-script tokens
+left inside the target text, a mistranslated content word), drawn uniformly from those that apply:
+- copy_through: the whole sentence stays in the source language (off-target / copy output);
+- truncate:     the sentence loses its second half (early end-of-sentence on long inputs);
+- script_mix:   one colour or shape word stays in the source (Latin) script inside the target
+                text ("Purple的五角星"); only for targets written in another script;
+- wrong_word:   as above.
 Every corruption is listed in the record's `translation.corruptions` (turn, act, kind, detail).
 Results depend only on (seed, record id, target language).
 
@@ -32,6 +40,9 @@ from ifl.data.miniature.tasks import check_langs
 from ifl.stage import write_json_atomic
 
 CORRUPTIONS: tuple[str, ...] = ("wrong_word", "drop_word", "untranslated")
+MT_CORRUPTIONS: tuple[str, ...] = ("wrong_word", "copy_through", "truncate", "script_mix")
+NOISE_MODELS = {"word": CORRUPTIONS, "mt": MT_CORRUPTIONS}
+LATIN_SCRIPT = frozenset({"en", "de"})   # lexicon languages written in the Latin script
 _VALUES = {"color": tuple(COLORS), "shape": SHAPES, "pos": POSITIONS, "n": (1, 2, 3),
            "value": ("yes", "no")}
 
@@ -79,8 +90,10 @@ def _drop_word(text: str, spans: list[tuple[int, int]], rng: random.Random) -> t
     return text[:start] + text[end:], word
 
 
-def corrupt(act: dict, lang: str, rng: random.Random) -> tuple[str, dict] | None:
+def corrupt(act: dict, lang: str, rng: random.Random, noise: str = "word",
+            source_lang: str = "en") -> tuple[str, dict] | None:
     """A corrupted rendering of `act` in `lang` and what was done, or None if nothing applies.
+    noise: "word" (CORRUPTIONS) or "mt" (MT_CORRUPTIONS; see the module doc).
 
     >>> act = {"act": "say_attr", "color": "red", "shape": "circle"}
     >>> corrupt(act, "de", random.Random(0))
@@ -95,12 +108,28 @@ def corrupt(act: dict, lang: str, rng: random.Random) -> tuple[str, dict] | None
                      if render_act(_set(act, p, Untranslated(_get(act, p))), lang) != text]
     kinds = ["wrong_word"] if content_slots else []
     spans = _word_spans(text, lang)
-    kinds += ["drop_word"] if len(spans) >= 2 else []
-    if lang != "en" and (english_slots or act["act"] in ("ans_count", "ans_yesno", "ans_pos")):
-        kinds.append("untranslated")
+    if noise == "word":
+        kinds += ["drop_word"] if len(spans) >= 2 else []
+        if lang != "en" and (english_slots or act["act"] in ("ans_count", "ans_yesno", "ans_pos")):
+            kinds.append("untranslated")
+    elif noise == "mt":
+        kinds += ["copy_through"] if lang != source_lang else []
+        kinds += ["truncate"] if len(spans) >= 2 else []
+        kinds += ["script_mix"] if lang not in LATIN_SCRIPT and english_slots else []
+    else:
+        raise ValueError(f"unknown noise model {noise!r}; known: {', '.join(NOISE_MODELS)}")
     if not kinds:
         return None
     kind = rng.choice(kinds)
+    if kind == "copy_through":
+        return render_act(act, source_lang), {"kind": kind, "detail": f"left in {source_lang}"}
+    if kind == "truncate":
+        cut = spans[len(spans) // 2 - 1][1] if len(spans) > 2 else spans[0][1]
+        return text[:cut], {"kind": kind, "detail": text[cut:].strip()}
+    if kind == "script_mix":
+        path = rng.choice(english_slots)
+        mixed = _set(act, path, Untranslated(_get(act, path)))
+        return render_act(mixed, lang), {"kind": kind, "detail": ".".join(map(str, path))}
     if kind == "wrong_word":
         path = rng.choice(content_slots)
         old = _get(act, path)
@@ -118,7 +147,7 @@ def corrupt(act: dict, lang: str, rng: random.Random) -> tuple[str, dict] | None
 
 
 def rerender_record(record: dict, target_lang: str, error_rate: float = 0.0,
-                    rng: random.Random | None = None) -> dict:
+                    rng: random.Random | None = None, noise: str = "word") -> dict:
     """`record` (from training.py) with its conversations written in `target_lang`.
     rng: random source of the corruptions; default derived from the record id and language.
 
@@ -136,31 +165,32 @@ def rerender_record(record: dict, target_lang: str, error_rate: float = 0.0,
         texts = []
         for k, act in enumerate(acts):
             text = render_act(act, target_lang)
-            if act["act"] != "image" and error_rate > 0 and rng.random() < error_rate:
-                done = corrupt(act, target_lang, rng)
+            if act["act"] not in ("image", "break") and error_rate > 0 and rng.random() < error_rate:
+                done = corrupt(act, target_lang, rng, noise, record.get("lang", "en"))
                 if done:
                     text = done[0]
                     corruptions.append({"turn": t, "act": k, **done[1]})
             texts.append(text)
         conversations.append({**turn, "value": render_turn(acts, target_lang, texts)})
     translation = {"source_lang": record.get("lang", "en"), "error_rate": error_rate,
-                   "corruptions": corruptions}
+                   "noise": noise, "corruptions": corruptions}
     return {**record, "conversations": conversations, "lang": target_lang,
             "translation": translation}
 
 
 def rerender_records(records: list[dict], target_lang: str, error_rate: float = 0.0,
-                     seed: int = 0) -> list[dict]:
+                     seed: int = 0, noise: str = "word") -> list[dict]:
     """Every record re-rendered; record i's corruptions depend on (seed, its id, target_lang)."""
     return [rerender_record(r, target_lang, error_rate,
-                            random.Random(f"rerender:{seed}:{r['id']}:{target_lang}"))
+                            random.Random(f"rerender:{seed}:{r['id']}:{target_lang}"), noise)
             for r in records]
 
 
 def rerender_file(in_path: str | os.PathLike, out_path: str | os.PathLike, target_lang: str,
-                  error_rate: float = 0.0, seed: int = 0) -> Path:
+                  error_rate: float = 0.0, seed: int = 0, noise: str = "word") -> Path:
     """Re-render a captions/instruct JSON file written by `write_training_data` (atomic write).
     Image paths stay as they are, so the translated file uses the same images folder."""
     records = json.loads(Path(in_path).read_text(encoding="utf-8"))
-    return write_json_atomic(Path(out_path), rerender_records(records, target_lang, error_rate, seed),
+    return write_json_atomic(Path(out_path),
+                             rerender_records(records, target_lang, error_rate, seed, noise),
                              indent=None)
