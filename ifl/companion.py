@@ -85,10 +85,13 @@ def write_index(params: Params, root: Path, *, params_file: str) -> Path:
 
 
 def _output_links(run_dir: Path, name: str, rendered: Path) -> str:
-    """Links to the data files stage `name` declares (ifl/artifacts.csv) and has written."""
-    files = [run_dir / name / f for f in outputs(name).values() if (run_dir / name / f).is_file()]
-    return "".join(f'<br><small><a href="{_relative(f, rendered)}">{html.escape(f.name)}</a></small>'
-                   for f in files)
+    """Links to the data files stage `name` declares (ifl/artifacts.csv) and has written; a
+    declared pattern (`*/report.html`: one per audited model) links every file it matches."""
+    folder = run_dir / name
+    files = [p for f in outputs(name).values()
+             for p in (sorted(folder.glob(f)) if "*" in f else [folder / f]) if p.is_file()]
+    return "".join(f'<br><small><a href="{_relative(f, rendered)}">'
+                   f'{html.escape(f.relative_to(folder).as_posix())}</a></small>' for f in files)
 
 def findings_table(path: Path) -> str:
     """The paper's value beside this run's, one row per finding of `findings.csv` (columns

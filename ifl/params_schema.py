@@ -411,6 +411,47 @@ class Steering(Block):
     speedups: CollectSpeedups = Field(default_factory=CollectSpeedups)
 
 
+# Current open VLMs beside the paper's four LLaVAs (notebook 08): short name -> hub id
+_AUDIT_MODELS = {
+    "qwen2.5-vl-7b": "Qwen/Qwen2.5-VL-7B-Instruct",
+    "llava-onevision-7b": "llava-hf/llava-onevision-qwen2-7b-ov-hf",
+    "idefics3-8b": "HuggingFaceM4/Idefics3-8B-Llama3",
+    "gemma-3-4b": "google/gemma-3-4b-it",
+    "smolvlm": "HuggingFaceTB/SmolVLM-Instruct",
+    "llava-1.5-7b": "llava-hf/llava-1.5-7b-hf",
+    "llava-1.5-13b": "llava-hf/llava-1.5-13b-hf",
+    "bakllava": "llava-hf/bakLlava-v1-hf",
+    "llava-gemma-2b": "Intel/llava-gemma-2b",
+}
+
+
+class BeyondLlava(Block):
+    """08_beyond_llava: `python -m ifl.audit` (ifl.audit.run_audit) on each model: IFL with the
+    image vs its description per language, and with `remedy` after ifl.remedy.answer_in."""
+    models: list[str] = Field(default_factory=lambda: list(_AUDIT_MODELS), min_length=1, description=(
+        "models to audit: keys of `model_sources`, or (miniature) variants of notebook 02 by name"))
+    model_sources: SourceMap = Field(default_factory=lambda: dict(_AUDIT_MODELS), description=(
+        "model name -> hub id or local folder loadable by AutoModelForImageTextToText + "
+        "AutoProcessor with a chat template"))
+    benchmark: str = Field("maxm", description=(
+        "'shapes' = the audit's own miniature benchmark (python -m ifl.audit --benchmark shapes); "
+        "else a benchmark of notebook 01's tasks (maxm, llavaw, visit; shapes_vqa, shapes_describe)"))
+    audit_languages: list[Lang] | None = Field(None, description=(
+        "query languages (--languages); null = common.languages that the benchmark has"))
+    n_per_language: int = Field(50, ge=1, description="tasks per language (the first parallel items)")
+    precision: Literal["bf16", "4bit", "fp32"] = Field("bf16", description="as --precision")
+    batch_size: int = Field(8, ge=1, le=4096)
+    max_new_tokens: int = Field(64, ge=1, le=8192)
+    remedy: bool = Field(True, description="also collect replies steered by answer_in(query language)")
+    layer: int | None = Field(None, ge=0, description="steering layer; null = one third of the depth")
+    labels: Annotated[str | None, _LocalFile()] = Field(None, description=(
+        "an annotated sheet (task_id, condition, fidelity) for DSL estimates; null = the "
+        "language-ID surrogate with a cluster bootstrap"))
+    identifier: Literal["auto", "glotlid", "fallback"] = Field("auto", description=(
+        "language identifier: GlotLID v3 (glotlid), GlotLID else lid.176 (auto), lid.176 (fallback)"))
+    threads: int = Field(2, ge=1, le=256, description="CPU threads (miniature)")
+
+
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     common: Common = Field(default_factory=Common)
@@ -422,6 +463,7 @@ class Params(BaseModel):
     dsl_regressions: DslRegressions = Field(default_factory=DslRegressions, alias="05_dsl_regressions")
     umap_cka: UmapCka = Field(default_factory=UmapCka, alias="06_umap_cka")
     steering: Steering = Field(default_factory=Steering, alias="07_steering")
+    beyond_llava: BeyondLlava = Field(default_factory=BeyondLlava, alias="08_beyond_llava")
 
 
 # section name in params files -> its model (runner and error messages use these names)

@@ -122,11 +122,12 @@ def hub_needs(params: Params, selected: list[str]) -> tuple[list[HubNeed], list[
                     source(key, value, lambda k=key, s=value: _model_need(k, s))
             local += [("02_train_variants.pretrain_image_folder", v.pretrain_image_folder),
                       ("02_train_variants.instruct_image_folder", v.instruct_image_folder)]
-        for sec in ("03_collect_responses", "06_umap_cka"):
+        for sec in ("03_collect_responses", "06_umap_cka", "08_beyond_llava"):
             if sec not in selected:
                 continue
             block = notebook_parameters(params, sec)
-            wanted = block["models"] if sec == "03_collect_responses" else [block["umap_model"]]
+            wanted = block["umap_model"] if sec == "06_umap_cka" else block["models"]
+            wanted = [wanted] if isinstance(wanted, str) else wanted
             revisions = block.get("model_revisions", {})
             for name in wanted:
                 if name == "variants" or name not in block["model_sources"]:

@@ -25,7 +25,8 @@ SMALL = [f"-p{o}" for o in (
     "05_dsl_regressions.min_labeled=1", "05_dsl_regressions.sample_split=2",
     "06_umap_cka.umap_images=6", "06_umap_cka.umap_questions=4", "06_umap_cka.cka_images=6",
     "07_steering.max_tasks_per_cell=2", "07_steering.sweep_tasks_per_cell=1",
-    "07_steering.max_new_tokens=8")]
+    "07_steering.max_new_tokens=8",
+    "08_beyond_llava.n_per_language=1", "08_beyond_llava.max_new_tokens=4")]
 
 
 

@@ -21,7 +21,9 @@ def test_paper_smoke_differs_from_paper_only_in_stand_ins():
                ("04_score_languages", "identifier"),  # no GlotLID among the stand-ins
                ("03_collect_responses", "max_new_tokens"), ("07_steering", "max_new_tokens"),
                ("03_collect_responses", "precision_check"),  # covered by test_precision_check.py
-               ("07_steering", "steer_languages"), ("07_steering", "sweep_depths")}
+               ("07_steering", "steer_languages"), ("07_steering", "sweep_depths"),
+               ("08_beyond_llava", "max_new_tokens"), ("08_beyond_llava", "n_per_language"),
+               ("08_beyond_llava", "identifier")}
     for section, block in paper.items():
         assert set(block) == set(smoke[section]), section
         for key, value in block.items():

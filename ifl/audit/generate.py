@@ -29,6 +29,14 @@ def chat_prompt(processor, question: str, *, image: bool, description: str | Non
                                          add_generation_prompt=True, tokenize=False)
 
 
+def adds_special_tokens(tok, prompt: str) -> bool:
+    """Whether the tokenizer adds its special tokens (BOS) to a rendered prompt: not when the
+    chat template already wrote BOS (Gemma 3, Idefics3, Aya Vision), yes when it did not
+    (llava-hf's LLaVA-1.5 template: the model card's processor(text=prompt) adds BOS)."""
+    bos = getattr(tok, "bos_token", None)
+    return not (bos and prompt.startswith(bos))
+
+
 def build_items(tasks: pd.DataFrame, processor, remedy: bool) -> list[Item]:
     items = []
     for row in tasks.itertuples(index=False):
@@ -44,7 +52,8 @@ def build_items(tasks: pd.DataFrame, processor, remedy: bool) -> list[Item]:
         if remedy:
             items.append(Item(row.task_id, STEERED, with_image, bytes(row.image)))
     tok = processor.tokenizer
-    for it, ids in zip(items, tok([it.prompt for it in items], add_special_tokens=False)["input_ids"]):
+    special = adds_special_tokens(tok, items[0].prompt) if items else False
+    for it, ids in zip(items, tok([it.prompt for it in items], add_special_tokens=special)["input_ids"]):
         it.length = len(ids)
     return items
 
@@ -60,9 +69,8 @@ def generate_batch(model, processor, items: list[Item], langs: dict[str, str], *
                    max_new_tokens: int, layer: int | None) -> list[dict]:
     tok = processor.tokenizer
     images = [[decode_image(it.image)] for it in items] if items[0].image is not None else None
-    # the template already wrote BOS where the model wants it
     inputs = processor(text=[it.prompt for it in items], images=images, return_tensors="pt",
-                       padding=True, add_special_tokens=False)
+                       padding=True, add_special_tokens=adds_special_tokens(tok, items[0].prompt))
     inputs = inputs.to(model.device)
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)

@@ -14,9 +14,11 @@ def ensure_smoke_assets(root: str | Path = "smoke_assets") -> Path:
     from ifl.smoke.fixtures import write_fixtures
     from ifl.smoke.tiny_llava import write_tiny_llava_models
     from ifl.smoke.tiny_models import write_tiny_nllb
+    from ifl.smoke.tiny_vlms import write_tiny_vlms
 
     root = Path(root)
     write_fixtures(root)
     write_tiny_nllb(root)
     write_tiny_llava_models(root)
+    write_tiny_vlms(root)  # root/vlms/: the audit's classes beyond LLaVA (notebook 08)
     return root

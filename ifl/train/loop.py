@@ -38,6 +38,7 @@ from transformers import get_scheduler
 from ifl.progress import report as report_progress
 from ifl.prompts import ChatTemplate
 from ifl.stage import write_json_atomic
+from ifl.train.chat_template import give_chat_template
 from ifl.train.checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, save_checkpoint
 from ifl.train.data import IGNORE, LlavaDataset, SamplePlan
 from ifl.train.lora import (LoraSettings, base_llava, export_model, param_groups, set_trainable,
@@ -224,6 +225,8 @@ def train_stage(model, processor, records: list[dict] | str | Path, image_folder
 
     downcast(upcast, compute_dtype)  # the saved model is in one dtype, as it was loaded
     state_dict = accelerator.get_state_dict(model) if is_ds else None  # gathers ZeRO-3 shards
+    if isinstance(template, ChatTemplate):  # saved like a hub checkpoint: usable by apply_chat_template
+        give_chat_template(processor, template)
     export_model(unwrapped, processor, out_dir / MODEL, state_dict=state_dict,
                  is_main_process=accelerator.is_main_process)
     losses = pd.DataFrame(rows)
