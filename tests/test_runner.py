@@ -1,6 +1,7 @@
 """The runner: notebook selection, prerequisites, failure propagation, rendered companion.
 
 Uses throwaway notebooks in a temporary project folder, executed for real by papermill."""
+import re
 import subprocess
 import sys
 import textwrap
@@ -276,7 +277,9 @@ def test_check_on_paper_smoke_and_a_bad_key(empty_hub_cache, tmp_path, capsys):
     assert runner.main(["params/paper-smoke.yaml", "--check", "--only", "01,02",
                         "-p", f"common.output_root={tmp_path}"]) == 0
     out = capsys.readouterr().out
-    assert "to build  ./smoke_assets/models/tiny-vicuna" in out
+    # the stand-ins are built by make_smoke_assets: listed as such until an earlier test (or
+    # run) has built them in this checkout, then as present
+    assert re.search(r"(to build|present)\s+\./smoke_assets/models/tiny-vicuna", out), out
     assert runner.main(["params/paper.yaml", "--check", "-p", "03_collect_responses.batch_sise=3"]) == 2
     assert "unknown key (did you mean 'batch_size'?)" in capsys.readouterr().err
 
