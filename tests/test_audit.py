@@ -88,3 +88,17 @@ def test_clear_errors_before_generation(vlms, tmp_path, no_generate, capsys):
                   **{**SMALL, "languages": None})
     assert main([str(llava), "--languages", "xx"]) == 2
     assert "unknown language" in capsys.readouterr().out
+
+
+def test_audit_completes_an_older_llava_processor_config(vlms, tmp_path):
+    """A llava-hf processor config with patch_size but no num_additional_image_tokens (older
+    revisions, mirrors such as unsloth/llava-1.5-7b-hf): transformers 5 counts 0 for CLIP's CLS
+    and inserts one placeholder too few; the audit completes it from the tower, as the loader does."""
+    old = tmp_path / "old-llava"
+    shutil.copytree(vlms["tiny-llava-1.5"], old)
+    config = json.loads((old / "processor_config.json").read_text())
+    config.pop("num_additional_image_tokens", None)
+    assert "patch_size" in config
+    (old / "processor_config.json").write_text(json.dumps(config))
+    out = run_audit(str(old), out=tmp_path / "out", **SMALL)
+    assert len(pd.read_parquet(out / "responses.parquet")) == 4

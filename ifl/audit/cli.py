@@ -43,7 +43,7 @@ def run_audit(model: str, *, languages=None, benchmark="shapes", n_per_language=
     from ifl.audit.generate import collect
     from ifl.audit.measure import dsl_table, fidelity_table, score
     from ifl.audit.report import write_report
-    from ifl.compat import bnb_config, decoder_layers
+    from ifl.compat import bnb_config, complete_processor, decoder_layers
     from ifl.steer import default_layer, steering_prompts
 
     name = Path(model.rstrip("/")).name
@@ -61,6 +61,10 @@ def run_audit(model: str, *, languages=None, benchmark="shapes", n_per_language=
     net = AutoModelForImageTextToText.from_pretrained(
         model, dtype=dtype, quantization_config=bnb_config("4bit" if precision == "4bit" else None),
         device_map={"": device}).eval()
+    if hasattr(processor, "num_additional_image_tokens") and hasattr(net.config, "vision_config"):
+        # older llava-hf processor configs lack CLIP's CLS count: transformers 5 would insert
+        # one placeholder fewer than the tower gives features
+        complete_processor(processor, net.config)
     try:
         decoder_layers(net)
     except ValueError as exc:
