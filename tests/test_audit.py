@@ -78,6 +78,15 @@ def test_clear_errors_before_generation(vlms, tmp_path, no_generate, capsys):
         f.unlink()
     with pytest.raises(AuditInputError, match="no chat template"):
         run_audit(str(no_template), out=tmp_path / "o", **SMALL)
+    text_template = tmp_path / "text-template"
+    shutil.copytree(llava, text_template)
+    # a text-only template (what a tokenizer's own template re-saved beside the processor gives):
+    # it renders an image message without the image token
+    (text_template / "chat_template.jinja").write_text(
+        "{% for m in messages %}{% for c in m['content'] %}{% if c['type'] == 'text' %}"
+        "USER: {{ c['text'] }}{% endif %}{% endfor %}{% endfor %} ASSISTANT:")
+    with pytest.raises(AuditInputError, match="drops the image"):
+        run_audit(str(text_template), out=tmp_path / "o", **SMALL)
     with pytest.raises(AuditInputError, match="unknown language"):
         run_audit(str(llava), out=tmp_path / "o", **{**SMALL, "languages": ["xx"]})
     empty = tmp_path / "empty.parquet"

@@ -98,4 +98,26 @@ def check_processor(source: str):
     if getattr(processor, "tokenizer", None) is None or not hasattr(processor, "image_processor"):
         raise AuditInputError(f"{type(processor).__name__} of {source!r} lacks a tokenizer or an "
                               "image processor")
+    check_template_places_image(processor, source)
     return processor
+
+
+def check_template_places_image(processor, source: str) -> None:
+    """The chat template must write the processor's image token for an image part. A text-only
+    template passes the first check but drops the image: transformers 5 saves a tokenizer's own
+    template as chat_template.jinja beside the processor, which then reads it as its own (e.g. a
+    LLaVA-Gemma folder re-saved with Gemma's text template)."""
+    token = getattr(processor, "image_token", None)
+    if not token:
+        return  # a processor that names no image token: nothing to check against
+    probe = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "?"}]}]
+    try:
+        rendered = processor.apply_chat_template(probe, add_generation_prompt=True, tokenize=False)
+    except Exception as exc:  # jinja raises its own errors (raise_exception, undefined names)
+        raise AuditInputError(f"the chat template of {source!r} cannot render an image message "
+                              f"({type(exc).__name__}: {exc})") from None
+    if token not in rendered:
+        raise AuditInputError(f"the chat template of {source!r} drops the image: an image message "
+                              f"renders without the processor's image token {token!r} (a text-only "
+                              "template, e.g. the tokenizer's); give the folder a chat_template.jinja "
+                              "that places the image")
