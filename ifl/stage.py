@@ -51,7 +51,7 @@ def prerequisites(name: str) -> list[str]:
     """The stages whose outputs stage `name` reads (from ifl/artifacts.csv), in pipeline order.
 
     >>> prerequisites("07_steering")
-    ['01_translate_data', '03_collect_responses', '04_score_languages']
+    ['01_translate_data', '02_train_variants', '03_collect_responses', '04_score_languages']
     """
     number = name.split("_", 1)[0]
     needed = {row["stage"] for row in artifacts() if number in row["read_by"].split()}

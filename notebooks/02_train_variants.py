@@ -59,7 +59,7 @@ visions = ["clip", "dinov2"]
 data_languages = ["en", "zh", "de"]
 mini_vocab_size = 2048
 mini_lm_hidden = 96
-mini_lm_layers = 3
+mini_lm_layers = 6
 mini_lm_steps = 500
 mini_lm_batch = 48
 mini_tower_hidden = 64
@@ -69,14 +69,14 @@ mini_clip_steps = 800
 mini_tower_twins = 0.25
 mini_lm_eval_scenes = 60
 mini_tower_probe_scenes = 2000
-mini_lm_crosslingual_share = 0.0
-mini_lm_reply_calibration = "none"
-mini_clip_text = "own"
-mini_component_probes = False
+mini_lm_crosslingual_share = 0.2
+mini_lm_reply_calibration = "multiq"
+mini_clip_text = "lm"
+mini_component_probes = True
 mini_stage1_steps = 100
 mini_stage2_steps = 250
 mini_stage1_lr = 0.001
-mini_stage2_lr = 0.0005
+mini_stage2_lr = 0.0002
 mini_micro_batch = 16
 mini_eval_scenes = 80
 threads = 2
@@ -129,8 +129,9 @@ tasks = read_tasks(stage.input("tasks"))
 if common.world == "miniature":
     components = stage02.miniature_components(p, stage.dir / "components", common.seed)
     llm_paths = vision_paths = components["paths"]
-    components["metrics"].to_csv(stage.output("component_metrics"), index=False)
-    lm_table, tower_table = stage02.component_tables(components["metrics"])
+    metrics = components["metrics"]  # grows below with each variant's stage-2 retention
+    metrics.to_csv(stage.output("component_metrics"), index=False)
+    lm_table, tower_table = stage02.component_tables(metrics)
     display(lm_table.round(2))
     display(tower_table.round(3))
 else:
@@ -223,7 +224,7 @@ if common.world == "miniature" and p.mini_component_probes:
     kept = stage2_retention(metrics, trained, common.languages, n_scenes=p.mini_lm_eval_scenes // 2,
                             seed=common.seed)
     metrics = pd.concat([metrics, kept], ignore_index=True)
-    metrics.to_csv(stage.path("component_metrics.csv"), index=False)
+    metrics.to_csv(stage.output("component_metrics"), index=False)
     display(kept[kept["metric"].str.startswith("fidelity")].pivot_table(
         index="component", columns=["metric", "lang"], values="value").round(2))
 

@@ -78,7 +78,7 @@ max_new_tokens = 32
 dtype = "float32"
 quantization = "none"
 batch_size = 64
-sweep_depths = [0.0, 0.34, 0.67]
+sweep_depths = [0.0, 0.17, 0.34, 0.5, 0.67, 0.84]
 sweep_scales = [1.0, 2.0, 4.0, 8.0]
 sweep_model = None
 sweep_tasks_per_cell = 10
@@ -197,6 +197,22 @@ if p.sweep_depths:
     stage.save_figure(figures.layer_sweep_plot(sweep, model=name, n_layers=n_layers, default_layer=default_l),
                       "07_layer_sweep")
     plt.show()
+
+# %% [markdown]
+# ## The miniature: is there a language variable where steering writes?
+# Notebook 02's linear probe of the reply language at every site of each backbone LM (0 = the
+# embeddings, l + 1 = the output of decoder layer l), beside the majority-class baseline; the
+# marked site is where the vector is added (the default: one third of the depth). A probe well
+# above its baseline there means a linear "which language" variable exists for the vector to
+# move; at the baseline, the remedy has nothing to act on, whatever its scale. Paper world: no
+# probe, no table.
+
+# %%
+if common.world == "miniature":
+    metrics_path = stage.optional_input("component_metrics")
+    probe = stage07.probe_at_steering_layer(None if metrics_path is None else pd.read_csv(metrics_path), p.layer)
+    if len(probe):
+        display(probe.round(3))
 
 # %% [markdown]
 # ## Findings

@@ -227,3 +227,29 @@ def test_figure1_leaves_english_queries_out_unless_asked():
     rows, role = figure1_rows(scored)
     assert list(rows["lang"]) == ["de", "zh"] and role.startswith("off-the-shelf")
     assert list(figure1_rows(scored, exclude_english=False)[0]["lang"]) == ["en", "de", "zh"]
+
+
+def test_mechanism_table_splits_each_factor_into_its_conditions_and_the_lms_language(data):
+    """Balanced design, additive truth: the IFL difference between a factor's levels is the
+    simulated interaction (LLM +0.2, VE -0.1, Data +0.3), the description condition does not
+    move, and the LM columns average the variants' stage-2 retention rows of the set's language."""
+    models = sorted(data["model"].unique())
+    retention = pd.DataFrame([
+        {"component": m, "kind": "stage2_retention", "metric": f"fidelity_{when}", "lang": lang,
+         "value": (0.9 if m.endswith("-zh") else 0.5) if when == "after" else 0.8}
+        for m in models for lang in ("zh", "de") for when in ("before", "after")])
+    table = stage05.mechanism_table(data, retention).set_index(["language_set", "factor", "level"])
+    truth = {"LLM": 0.2, "VE": -0.1, "Data": 0.3}
+    for factor, effect in truth.items():
+        moved = table.loc[("Chinese", factor, 1), "ifl"] - table.loc[("Chinese", factor, 0), "ifl"]
+        assert moved == pytest.approx(effect, abs=0.08), factor
+        assert table.loc[("Chinese", factor, 1), "text"] == pytest.approx(
+            table.loc[("Chinese", factor, 0), "text"], abs=0.05)
+    assert table.loc[("Chinese", "Data", 1), "lm_text_after_stage2"] == pytest.approx(0.9)
+    assert table.loc[("Chinese", "Data", 0), "lm_text_after_stage2"] == pytest.approx(0.5)
+    assert table.loc[("Chinese", "LLM", 0), "lm_text_before"] == pytest.approx(0.8)
+    lines = stage05.mechanism_text(table.reset_index())
+    assert len(lines) == 6 and lines[0].startswith("Chinese, LLM: with the image")
+    # without notebook 02's probes the LM columns are empty, the rest is unchanged
+    bare = stage05.mechanism_table(data, None)
+    assert bare["lm_text_after_stage2"].isna().all() and len(bare) == len(table)

@@ -23,7 +23,10 @@ def test_paper_smoke_differs_from_paper_only_in_stand_ins():
                ("03_collect_responses", "precision_check"),  # covered by test_precision_check.py
                ("07_steering", "steer_languages"), ("07_steering", "sweep_depths"),
                ("08_beyond_llava", "max_new_tokens"), ("08_beyond_llava", "n_per_language"),
-               ("08_beyond_llava", "identifier")}
+               ("08_beyond_llava", "identifier"),
+               # sizes only: fewer fold draws, images and questions run the same code path
+               ("05_dsl_regressions", "sample_split"), ("06_umap_cka", "umap_images"),
+               ("06_umap_cka", "umap_questions"), ("06_umap_cka", "cka_images")}
     for section, block in paper.items():
         assert set(block) == set(smoke[section]), section
         for key, value in block.items():
@@ -83,6 +86,12 @@ def test_default_run_small(default_small_run):
     # with 3 questions a type may be absent (NaN); every row has some, all within [0, 1]
     assert typed.notna().any(axis=1).all() and (typed.isna() | typed.apply(lambda c: c.between(0, 1))).all().all()
     assert (tmp_path / "paper_figures/default/02_training_curves.png").exists()
+    # the default turns the component probes on: what each backbone does text-only beside its
+    # real counterpart, across languages, by layer, and what stage 2 leaves of it per variant
+    metrics = pd.read_csv(tmp_path / "runs/default/02_train_variants/component_metrics.csv")
+    assert {"lm_text", "lm_crosslingual", "lm_probe", "stage2_retention"} <= set(metrics["kind"])
+    assert "target_in_lang" in set(metrics.loc[metrics["kind"] == "lm_text", "metric"])
+    assert set(metrics.loc[metrics["kind"] == "stage2_retention", "component"]) == set(variants["variant"])
     index = (tmp_path / "rendered/default/index.html").read_text()
     assert "144 tasks in 6 languages" in index  # the headline of notebook 01
     assert (tmp_path / "rendered/default/01_translate_data.html").stat().st_size > 10_000

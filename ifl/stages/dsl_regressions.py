@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ifl import paper
+from ifl import paper, regress
 from ifl.findings import agrees_with
 from ifl.paper import MODEL_ORDER
 from ifl.params_schema import DslRegressions
@@ -328,3 +328,70 @@ def table4_findings(literal: pd.DataFrame) -> list[dict]:
 def findings(fig1: pd.DataFrame, literal: pd.DataFrame) -> list[dict]:
     """Every findings row notebook 05 measures (keyword arguments of ifl.findings.write_finding)."""
     return [ifl_exists_finding(fig1), *table4_findings(literal)]
+
+
+# --- the miniature: where each Table 4 effect comes from ------------------------------------
+
+def mechanism_table(scored: pd.DataFrame, component_metrics: pd.DataFrame | None) -> pd.DataFrame:
+    """Miniature: each Table 4 factor split into what it does to each condition, measured on the
+    exact truth of every row, beside what it does to the variants' LMs text-only.
+
+    One row per language set x factor x level (0: Vicuna / CLIP / English data; 1: the set's LLM /
+    DINOv2 / translated data): exact fidelity with the image and with the description, their
+    difference (IFL at that level), and, from notebook 02's probes (kind stage2_retention), the
+    variants' text-only fidelity in the set's language after stage 2 and their backbones' before.
+    A factor that moves both conditions alike has no IFL effect, however much it moves
+    fidelity; one that moves the LM's text-only fidelity acts through the LM's language, not
+    through the image. Reading the levels side by side says which mechanism makes a finding."""
+    rows = []
+    after = _text_fidelity_after_stage2(component_metrics)
+    for language_set, (lang, _) in LANGUAGE_SETS.items():
+        data = regress.design_data(scored, language_set)
+        if data.empty or "fidelity_true" not in data:
+            continue
+        for factor in FACTORS:
+            for level, group in data.groupby(factor):
+                by_cond = group.groupby("image")["fidelity_true"].mean()
+                variants = sorted(group["model"].unique())
+                text_after = after.get(lang, {})
+                row = {"language_set": language_set, "factor": factor, "level": int(level),
+                       "variants": len(variants), "image": by_cond.get(1, np.nan),
+                       "text": by_cond.get(0, np.nan)}
+                row["ifl"] = row["image"] - row["text"]
+                row["lm_text_after_stage2"] = _mean([text_after.get(v, {}).get("after") for v in variants])
+                row["lm_text_before"] = _mean([text_after.get(v, {}).get("before") for v in variants])
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _text_fidelity_after_stage2(metrics: pd.DataFrame | None) -> dict:
+    """{lang: {variant: {"before", "after"}}} from the stage2_retention rows (none: empty)."""
+    if metrics is None or "kind" not in metrics:
+        return {}
+    kept = metrics[(metrics["kind"] == "stage2_retention")
+                   & metrics["metric"].isin(["fidelity_before", "fidelity_after"])]
+    out: dict = {}
+    for r in kept.itertuples(index=False):
+        out.setdefault(r.lang, {}).setdefault(r.component, {})[r.metric.split("_")[1]] = float(r.value)
+    return out
+
+
+def _mean(values: list) -> float:
+    got = [v for v in values if v is not None and not np.isnan(v)]
+    return float(np.mean(got)) if got else np.nan
+
+
+def mechanism_text(table: pd.DataFrame) -> list[str]:
+    """One sentence per language set x factor: how the factor moves each condition and the LM."""
+    lines = []
+    for (language_set, factor), g in table.groupby(["language_set", "factor"], sort=False):
+        if set(g["level"]) != {0, 1}:
+            continue
+        a, b = (g[g["level"] == k].iloc[0] for k in (0, 1))
+        lm = ("" if np.isnan(a["lm_text_after_stage2"]) else
+              f"; the LMs' text-only fidelity after stage 2 {a['lm_text_after_stage2']:.2f} -> "
+              f"{b['lm_text_after_stage2']:.2f}")
+        lines.append(f"{language_set}, {factor}: with the image {a['image']:.2f} -> {b['image']:.2f}, "
+                     f"with the description {a['text']:.2f} -> {b['text']:.2f}, so IFL "
+                     f"{a['ifl']:+.2f} -> {b['ifl']:+.2f}{lm}")
+    return lines

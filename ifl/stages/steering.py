@@ -307,3 +307,28 @@ def steering_finding(base: pd.DataFrame, steered: pd.DataFrame, p: Steering, col
             f"{got['n_items']} parallel items; {paper_note}")
     return {**row, "run": got["estimate"], "ci_low": got["ci_low"], "ci_high": got["ci_high"],
             "agrees": agrees_with(paper_value, got["estimate"], got["ci_low"], got["ci_high"]), "note": note}
+
+
+def probe_at_steering_layer(component_metrics: pd.DataFrame | None, layer: int | None) -> pd.DataFrame:
+    """Miniature: notebook 02's linear probe of the reply language (kind lm_probe) per backbone
+    and site, with the site where steering writes marked: the output of decoder layer l is
+    site l + 1 (hidden_states index; sites run 0 = embeddings .. n_layers). `layer` None: the
+    default, one third of the depth. Where the probe sits at its majority baseline, no linear
+    'which language' variable exists there for a vector to move. Empty without the probes.
+
+    >>> rows = [{"component": "vicuna", "kind": "lm_probe", "metric": m, "site": s, "value": v}
+    ...         for s in range(7) for m, v in (("probe_accuracy", 0.5 + s / 20), ("probe_majority", 0.5))]
+    >>> t = probe_at_steering_layer(pd.DataFrame(rows), None)
+    >>> t.loc[t["steering_site"], "site"].tolist()
+    [3]
+    """
+    if component_metrics is None or "kind" not in component_metrics:
+        return pd.DataFrame()
+    probe = component_metrics[component_metrics["kind"] == "lm_probe"]
+    if probe.empty:
+        return pd.DataFrame()
+    table = probe.pivot_table(index=["component", "site"], columns="metric", values="value").reset_index()
+    n_layers = int(table["site"].max())
+    table["steering_site"] = table["site"] == (n_layers // 3 if layer is None else layer) + 1
+    table.columns.name = None
+    return table.rename(columns={"component": "backbone"})
