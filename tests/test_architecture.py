@@ -2,7 +2,9 @@
 stage; no import cycles inside the package; prerequisites declared once (ifl/artifacts.csv) and
 used by the notebooks through `stage.input`."""
 import ast
+import io
 import re
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -155,6 +157,30 @@ def test_the_repository_cites_only_documents_it_contains():
         assert not [w for w in outside if w in text], f"{path.relative_to(ROOT)} cites {[w for w in outside if w in text]}"
     cited = {m for p in files for m in re.findall(r"docs/[a-z_]+\.md", p.read_text(encoding="utf-8", errors="replace"))}
     assert cited and all((ROOT / c).is_file() for c in cited), cited
+    for path in (p for p in files if p.suffix == ".py" and p.relative_to(ROOT).parts[0] in PROSE_CHECKED):
+        found = tracker_references(path.read_text(encoding="utf-8"))
+        assert not found, f"{path.relative_to(ROOT)} cites the project's tracker: {found}"
+
+
+PROSE_CHECKED = ("ifl", "tests", "benchmarks", "notebooks")
+TRACKER = re.compile(r"\bissues? #?\d+", re.IGNORECASE)  # a numbered issue: a tracker the reader lacks
+
+
+def tracker_references(source: str) -> list[str]:
+    """The tracker references (a numbered issue) in the comments and string literals (docstrings,
+    and a jupytext notebook's markdown cells, which are comments) of Python `source`."""
+    prose = {tokenize.COMMENT, tokenize.STRING}
+    tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+    return [m for tok in tokens if tok.type in prose for m in TRACKER.findall(tok.string)]
+
+
+def test_the_tracker_check_can_fail():
+    issue = "iss" + "ue"  # spelled apart, so this file does not cite a tracker itself
+    source = (f'"""Fixes {issue} 12."""\n'
+              f"x = 12  # see {issue.title()} #15\n"
+              f"issue = 3  # code, not prose: an {issue} 4 mentioned only here counts\n")
+    assert tracker_references(source) == [f"{issue} 12", f"{issue.title()} #15", f"{issue} 4"]
+    assert tracker_references("issue = 3\nissues = [issue, 4]\n") == []
 
 
 def test_the_companion_links_the_declared_outputs_a_stage_wrote(tmp_path):
