@@ -19,6 +19,7 @@ what would run and which hub downloads are missing (ifl/precheck.py), and does n
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import re
@@ -126,13 +127,33 @@ def check_writable(params: Params, root: Path) -> None:
                               "(-p common.output_root=DIR).") from None
 
 
-_FULL = re.compile(r"^\[Errno (28|122|30)\] ([^:]+): '?(.+?)'?$")  # ENOSPC, EDQUOT, EROFS
+STOPS_WRITING = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}  # disk full, quota, read-only
+_ERRNO = re.compile(r"\[Errno (\d+)\]", re.IGNORECASE)  # pyarrow also words it "[errno 28]"
+_FILENAME = re.compile(r""": (?:'([^']+)'|"([^"]+)")$""")  # how OSError ends when it names its file
+_CELL_LINE = re.compile(r"^-+> *\d+ (.+)$", re.MULTILINE)  # the cell's failing line, in the traceback
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _disk_full(failure) -> str | None:
-    """'No space left on device writing FILE' for a cell that failed writing; else None."""
-    match = _FULL.match(str(failure.evalue).strip())
-    return f"{match.group(2)} writing {match.group(3)}" if match else None
+    """'No space left on device writing FILE' for a cell that failed with a full disk, a full
+    quota or a read-only file system (by the error's errno, whichever exception carried it);
+    else None. FILE is the file the error names (every write through `ifl.stage.atomic_path`
+    names it), or else the cell's line that was writing."""
+    evalue = str(failure.evalue).strip()
+    code = _ERRNO.search(evalue)
+    if code is None or int(code.group(1)) not in STOPS_WRITING:
+        return None
+    named = _FILENAME.search(evalue)
+    return f"{os.strerror(int(code.group(1)))} writing {_written(named, failure.traceback)}"
+
+
+def _written(named: re.Match | None, traceback: list[str]) -> str:
+    """The file an OSError names, or the cell's failing line from its (coloured) traceback."""
+    if named:
+        return named.group(1) or named.group(2)
+    lines = _CELL_LINE.findall(_ANSI.sub("", "\n".join(traceback)))
+    return f"a file the error does not name, in `{lines[0].strip()}`" if lines else \
+        "a file the error does not name (see the log)"
 
 
 def _one_line(exc: BaseException) -> str:
