@@ -34,7 +34,7 @@ from ifl.params import (ParamsError, check_files, defaulted_blocks, dump, load_p
 from ifl.params_schema import Params
 from ifl.progress import Board, done_line, kernel_options
 from ifl.runlock import RunLockedError, run_lock
-from ifl.stage import STAGE_FILE, pipeline, prerequisites
+from ifl.stage import STAGE_FILE, pipeline, prerequisites, write_text_atomic
 
 NOTEBOOK_DIR = Path("notebooks")
 KERNEL = "ifl"
@@ -70,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
 def _run(params: Params, selected: list[str], args: argparse.Namespace, root: Path,
          run_dir: Path, rendered: Path) -> int:
     """Run the selected notebooks in order; write the companion for whatever finished."""
-    (run_dir / "params.yaml").write_text(f"# resolved from {args.params}\n{dump(params, args.p)}")
+    try:
+        write_text_atomic(run_dir / "params.yaml", f"# resolved from {args.params}\n{dump(params, args.p)}")
+    except OSError as exc:  # a full disk before the first notebook: one line, nothing run
+        print(f"[ifl] run '{params.common.run_name}' not started: {_one_line(exc)}", file=sys.stderr)
+        return 1
     print(f"[ifl] run '{params.common.run_name}' ({params.common.world}) from {args.params}: "
           f"{', '.join(selected)}", file=sys.stderr)
     if defaulted := [b for b in defaulted_blocks(params) if b in selected]:
@@ -214,15 +218,12 @@ def run_notebook(name: str, params: Params, root: Path, run_dir: Path, rendered:
     pm_logger.setLevel(logging.INFO)
     pm_logger.propagate = False  # cell outputs go to the log file, not the console
 
-    stage_params = run_dir / name / "params.yaml"
-    stage_params.parent.mkdir(parents=True, exist_ok=True)
-    stage_params.write_text(dump(params, overrides))
-
     started = time.time()
     print(f"[ifl] {name}: running (log: {log_path})", file=sys.stderr)
     failure = None
     board = board or Board(sys.stderr)
     try:
+        write_text_atomic(run_dir / name / "params.yaml", dump(params, overrides))
         with _quiet_kernel_shutdown(), board.watch(name, log_path.with_suffix(".progress.json")):
             papermill.execute_notebook(nb, str(out_ipynb), parameters=notebook_parameters(params, name),
                                        kernel_name=KERNEL, cwd=str(root), log_output=True,

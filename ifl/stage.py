@@ -217,10 +217,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 def write_json_atomic(path: Path, obj: Any, indent: int | None = 2) -> Path:
     """Write JSON via a temp file and rename, so readers never see half a file."""
+    return write_text_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=False, default=str))
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write UTF-8 text via a temp file and rename (parent folders created)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=indent, ensure_ascii=False, default=str),
-                       encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
     return path
 
 

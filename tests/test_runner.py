@@ -263,6 +263,24 @@ def test_disk_full_is_told_by_errno(evalue, expected):
     assert runner._disk_full(SimpleNamespace(evalue=evalue, traceback=[])) == expected
 
 
+@pytest.mark.parametrize("folder, says", [("t", "[ifl] run 't' not started: cannot write "),
+                                          ("01_translate_data", "[ifl] 01_translate_data FAILED: cannot write ")])
+def test_disk_full_on_the_runners_params_copy_is_one_line(project, capsys, monkeypatch, folder, says):
+    import errno
+    real_write_text = Path.write_text
+
+    def full_disk(self, text, **kw):
+        if self.name in ("params.yaml", ".params.yaml.tmp") and self.parent.name == folder:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write_text(self, text, **kw)
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    assert runner.main(["p.yaml", "--only", "01"]) == 1
+    err = capsys.readouterr().err
+    target = project / "runs/t" / ("" if folder == "t" else folder) / "params.yaml"
+    assert f"{says}{target}: No space left on device" in err, err
+    assert "Traceback" not in err and not target.exists()
+
+
 def test_disk_full_in_the_runner_is_one_line_and_the_companion_is_written(project, capsys,
                                                                           monkeypatch):
     import errno
