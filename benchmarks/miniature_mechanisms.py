@@ -35,7 +35,8 @@ from ifl.train import StageSettings, train_variant
 from ifl.train.variants import variant
 
 LANGS = ["en", "de", "zh", "ru", "hi", "ar"]
-# the mechanisms of issue 15, each value taken from the real systems (see the params' descriptions)
+# the story mechanisms (text-only data, cross-lingual LMs, CLIP text, stage-2 rate), each value
+# taken from the real systems (see the params' descriptions)
 SETTINGS = {
     "off": {"data": {}, "components": {}, "stage2_lr": 5e-4},
     "on": {"data": {"text_only_share": MIX665K_TEXT_ONLY_SHARE, "text_only_non_english": 0.1,

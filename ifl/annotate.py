@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from ifl.langid import FALLBACK_LABELS, PARSED_NAMES, fidelity, parse_glotlid
+from ifl.stage import atomic_path
 
 PAPER_LANG_WEIGHTS: Mapping[str, float] = {"de": 4, "zh": 2, "hi": 2, "ro": .5, "ru": .5, "ur": .5}
 LABEL_COLUMNS = ("answer_language", "matches_gold", "correct")
@@ -155,12 +156,8 @@ def write_sheet(sheet: pd.DataFrame, path: str | os.PathLike) -> Path:
     Written to a temporary name and renamed: a full disk never leaves half a sheet."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         sheet.to_csv(tmp, index=False, encoding="utf-8-sig", quoting=csv.QUOTE_NONNUMERIC)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from ifl.params_schema import Params
-from ifl.stage import outputs, pipeline, read_stage_record
+from ifl.stage import atomic_path, outputs, pipeline, read_stage_record
 
 FINDINGS = "findings.csv"  # runs/<run>/findings.csv, written by the notebooks that test a finding
 FINDING_COLUMNS = ("finding", "paper", "run", "ci_low", "ci_high", "agrees")
@@ -39,7 +39,8 @@ def export_html(ipynb: Path) -> Path:
 
     body, _ = HTMLExporter().from_notebook_node(nbformat.read(ipynb, as_version=4))
     out = ipynb.with_suffix(".html")
-    out.write_text(body, encoding="utf-8")
+    with atomic_path(out) as tmp:  # a full disk leaves no half page
+        tmp.write_text(body, encoding="utf-8")
     return out
 
 
@@ -80,7 +81,8 @@ def write_index(params: Params, root: Path, *, params_file: str) -> Path:
         findings=findings_table(run_dir / FINDINGS),
         others=f"<h2>Other figures</h2><div class=figs>{others}</div>" if others else "")
     index = rendered / "index.html"
-    index.write_text(page, encoding="utf-8")
+    with atomic_path(index) as tmp:  # a full disk leaves the previous page, not half of one
+        tmp.write_text(page, encoding="utf-8")
     return index
 
 

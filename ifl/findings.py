@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ifl.stage import atomic_path
+
 FILE = "findings.csv"
 COLUMNS = ["finding", "paper", "run", "ci_low", "ci_high", "agrees"]
 OPTIONAL = ["note"]  # absent from tables written before it existed
@@ -97,7 +99,6 @@ def write_finding(run_dir: str | os.PathLike, finding: str, paper: str, run: flo
         table = pd.concat([table, pd.DataFrame([row], columns=COLUMNS + OPTIONAL)], ignore_index=True)
     path = Path(run_dir) / FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".csv.tmp")
-    table.assign(agrees=table["agrees"].map(lambda a: "" if a is None else str(a))).to_csv(tmp, index=False)
-    os.replace(tmp, path)   # never half a table
+    with atomic_path(path) as tmp:  # never half a table
+        table.assign(agrees=table["agrees"].map(lambda a: "" if a is None else str(a))).to_csv(tmp, index=False)
     return path

@@ -11,7 +11,8 @@ Defaults live in one place, the schema (ifl/params_schema.py): a key or a whole 
 of a file takes the schema's default, which is the paper's setting (params/default.yaml sets the
 miniature's sizes explicitly). The resolved params saved with a run (runs/<run>/params.yaml)
 mark every value with where it came from: the file, a `-p` override, or the schema's default.
-An empty file and a key given twice are errors.
+An empty file, one that sets no key (`{}`, or `common:` with nothing under it) and a key
+given twice are errors: a file that sets nothing would run on the schema's defaults alone.
 
 >>> p = load_params("params/default.yaml", overrides=["common.seed=3"])
 >>> p.common.seed
@@ -51,6 +52,11 @@ def load_params(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Param
                           "miniature) or params/paper.yaml")
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections at the top level")
+    if all(section in SECTIONS and block in (None, {}) for section, block in raw.items()):
+        # `{}`, or `common:` alone (an unknown section is named by `validate` instead)
+        what = f"only empty sections ({', '.join(map(str, raw))})" if raw else "an empty mapping"
+        raise ParamsError(f"{path}: the file sets no key, {what}; start from params/default.yaml "
+                          "(the miniature) or params/paper.yaml")
     origins = {_apply_override(raw, override, path): override for override in overrides}
     return validate(raw, source=str(path), origins=origins)
 

@@ -19,6 +19,7 @@ what would run and which hub downloads are missing (ifl/precheck.py), and does n
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import re
@@ -33,7 +34,7 @@ from ifl.params import (ParamsError, check_files, defaulted_blocks, dump, load_p
 from ifl.params_schema import Params
 from ifl.progress import Board, done_line, kernel_options
 from ifl.runlock import RunLockedError, run_lock
-from ifl.stage import STAGE_FILE, pipeline, prerequisites
+from ifl.stage import STAGE_FILE, pipeline, prerequisites, write_text_atomic
 
 NOTEBOOK_DIR = Path("notebooks")
 KERNEL = "ifl"
@@ -69,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
 def _run(params: Params, selected: list[str], args: argparse.Namespace, root: Path,
          run_dir: Path, rendered: Path) -> int:
     """Run the selected notebooks in order; write the companion for whatever finished."""
-    (run_dir / "params.yaml").write_text(f"# resolved from {args.params}\n{dump(params, args.p)}")
+    try:
+        write_text_atomic(run_dir / "params.yaml", f"# resolved from {args.params}\n{dump(params, args.p)}")
+    except OSError as exc:  # a full disk before the first notebook: one line, nothing run
+        print(f"[ifl] run '{params.common.run_name}' not started: {_one_line(exc)}", file=sys.stderr)
+        return 1
     print(f"[ifl] run '{params.common.run_name}' ({params.common.world}) from {args.params}: "
           f"{', '.join(selected)}", file=sys.stderr)
     if defaulted := [b for b in defaulted_blocks(params) if b in selected]:
@@ -126,13 +131,33 @@ def check_writable(params: Params, root: Path) -> None:
                               "(-p common.output_root=DIR).") from None
 
 
-_FULL = re.compile(r"^\[Errno (28|122|30)\] ([^:]+): '?(.+?)'?$")  # ENOSPC, EDQUOT, EROFS
+STOPS_WRITING = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}  # disk full, quota, read-only
+_ERRNO = re.compile(r"\[Errno (\d+)\]", re.IGNORECASE)  # pyarrow also words it "[errno 28]"
+_FILENAME = re.compile(r""": (?:'([^']+)'|"([^"]+)")$""")  # how OSError ends when it names its file
+_CELL_LINE = re.compile(r"^-+> *\d+ (.+)$", re.MULTILINE)  # the cell's failing line, in the traceback
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _disk_full(failure) -> str | None:
-    """'No space left on device writing FILE' for a cell that failed writing; else None."""
-    match = _FULL.match(str(failure.evalue).strip())
-    return f"{match.group(2)} writing {match.group(3)}" if match else None
+    """'No space left on device writing FILE' for a cell that failed with a full disk, a full
+    quota or a read-only file system (by the error's errno, whichever exception carried it);
+    else None. FILE is the file the error names (every write through `ifl.stage.atomic_path`
+    names it), or else the cell's line that was writing."""
+    evalue = str(failure.evalue).strip()
+    code = _ERRNO.search(evalue)
+    if code is None or int(code.group(1)) not in STOPS_WRITING:
+        return None
+    named = _FILENAME.search(evalue)
+    return f"{os.strerror(int(code.group(1)))} writing {_written(named, failure.traceback)}"
+
+
+def _written(named: re.Match | None, traceback: list[str]) -> str:
+    """The file an OSError names, or the cell's failing line from its (coloured) traceback."""
+    if named:
+        return named.group(1) or named.group(2)
+    lines = _CELL_LINE.findall(_ANSI.sub("", "\n".join(traceback)))
+    return f"a file the error does not name, in `{lines[0].strip()}`" if lines else \
+        "a file the error does not name (see the log)"
 
 
 def _one_line(exc: BaseException) -> str:
@@ -193,15 +218,12 @@ def run_notebook(name: str, params: Params, root: Path, run_dir: Path, rendered:
     pm_logger.setLevel(logging.INFO)
     pm_logger.propagate = False  # cell outputs go to the log file, not the console
 
-    stage_params = run_dir / name / "params.yaml"
-    stage_params.parent.mkdir(parents=True, exist_ok=True)
-    stage_params.write_text(dump(params, overrides))
-
     started = time.time()
     print(f"[ifl] {name}: running (log: {log_path})", file=sys.stderr)
     failure = None
     board = board or Board(sys.stderr)
     try:
+        write_text_atomic(run_dir / name / "params.yaml", dump(params, overrides))
         with _quiet_kernel_shutdown(), board.watch(name, log_path.with_suffix(".progress.json")):
             papermill.execute_notebook(nb, str(out_ipynb), parameters=notebook_parameters(params, name),
                                        kernel_name=KERNEL, cwd=str(root), log_output=True,

@@ -3,6 +3,7 @@
 Layout under `output_root`:
     runs/<run>/<NN_name>/            numbers and data of that stage, plus `stage.json` when done
     runs/<run>/logs/<NN_name>.log    cell outputs, as they ran
+    runs/<run>/responses/            the response store notebooks 03 and 07 add parts to (resumable)
     paper_figures/<run>/             figures as PNG and PDF
     rendered/<run>/                  executed notebooks (.ipynb, .html) and index.html
 
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 STAGE_FILE = "stage.json"
+RESPONSE_STORE = "responses"  # runs/<run>/responses/, shared by notebooks 03 and 07
+TABLE_WRITERS = {".csv": "to_csv", ".parquet": "to_parquet"}  # suffix -> pandas writer
 
 
 def pipeline() -> list[dict[str, str]]:
@@ -99,6 +102,13 @@ class Stage:
     def figure_dir(self) -> Path:
         return self.output_root / "paper_figures" / self.run_name
 
+    @property
+    def response_store(self) -> Path:
+        """`runs/<run>/responses/`: responses stored part by part as they are generated, one
+        folder per model (notebook 03) or steered setting (notebook 07), so a killed run resumes.
+        A working store, not an artifact: no stage reads it (docs/design.md)."""
+        return self.run_dir / RESPONSE_STORE
+
     def path(self, *parts: str) -> Path:
         """A path inside this stage's folder; parent folders are created."""
         target = self.dir.joinpath(*parts)
@@ -143,6 +153,11 @@ class Stage:
             raise KeyError(f"{artifact!r} is an output of stage {row['stage']}, not of {self.name} "
                            "(ifl/artifacts.csv)")
         return self.path(row["file"])
+
+    def write_table(self, table: Any, artifact: str, *, index: bool = False) -> Path:
+        """Write a pandas table as this stage's declared `artifact`, CSV or parquet by the file's
+        suffix, atomically (`write_table_atomic`); `index=True` keeps a meaningful index."""
+        return write_table_atomic(table, self.output(artifact), index=index)
 
     def save_figure(self, fig: Any, name: str) -> tuple[Path, Path]:
         """Save a matplotlib figure as `paper_figures/<run>/<name>.png` and `.pdf`, each
@@ -202,8 +217,32 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 def write_json_atomic(path: Path, obj: Any, indent: int | None = 2) -> Path:
     """Write JSON via a temp file and rename, so readers never see half a file."""
+    return write_text_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=False, default=str))
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write UTF-8 text via a temp file and rename (parent folders created)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=indent, ensure_ascii=False, default=str),
-                       encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
+    return path
+
+
+def write_table_atomic(table: Any, path: str | os.PathLike, *, index: bool = False) -> Path:
+    """Write a pandas table to `path` as CSV or parquet (by its suffix) via a temporary file and
+    rename: a full disk leaves the previous file or none, and the error names `path`.
+
+    >>> import tempfile, pandas as pd
+    >>> out = write_table_atomic(pd.DataFrame({"a": [1]}), Path(tempfile.mkdtemp()) / "t.csv")
+    >>> out.read_text()
+    'a\\n1\\n'
+    """
+    path = Path(path)
+    writer = TABLE_WRITERS.get(path.suffix)
+    if writer is None:
+        raise ValueError(f"cannot write a table to {path}: write {' or '.join(TABLE_WRITERS)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        getattr(table, writer)(tmp, index=index)
     return path

@@ -86,7 +86,6 @@ translate_num_beams = 1
 
 # %%
 import io
-import json
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -95,6 +94,7 @@ from PIL import Image
 
 from ifl.data.schema import write_tasks
 from ifl.runtime import begin
+from ifl.stage import write_json_atomic
 from ifl.stages import translate_data as stage01
 from ifl.translate import TranslationStore
 
@@ -175,7 +175,7 @@ with pd.option_context("display.max_colwidth", 100):
 if common.world == "miniature":
     effect = stage01.error_rate_effect(records["en"]["instruct"][:1000], p.training_languages[0],
                                        stage01.ERROR_RATES, common.seed)
-    effect.to_csv(stage.output("error_rate_effect"), index=False)
+    stage.write_table(effect, "error_rate_effect")
     display(effect.round(3))
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.plot(effect["error_rate"], effect["corrupted_share"], marker="o", label="sentences corrupted")
@@ -190,7 +190,7 @@ if common.world == "miniature":
 
 # %%
 headline, summary = stage01.summary(tasks, records)
-stage.output("summary").write_text(json.dumps(summary, indent=2))
+write_json_atomic(stage.output("summary"), summary)
 stage.finish(headline, **summary)
 print(headline)
 

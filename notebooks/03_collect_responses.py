@@ -87,14 +87,14 @@ common, p, stage, device = begin(globals(), "03_collect_responses")
 all_tasks = read_tasks(stage.input("tasks"))
 variants_csv = stage.optional_input("variants")  # a run of off-the-shelf models only has none
 variants = pd.read_csv(variants_csv) if variants_csv is not None else None
-responses_dir = stage.run_dir / "responses"  # shared with notebook 07's steered runs
+responses_dir = stage.response_store  # shared with notebook 07's steered runs
 
 # %% [markdown]
 # ## Models and tasks
 
 # %%
 models = stage03.models_table(p, common.world, variants)
-models.to_csv(stage.output("models"), index=False)
+stage.write_table(models, "models")
 display(models.drop(columns=["revision"]))
 
 tasks = stage03.select_tasks(all_tasks, benchmarks=p.benchmarks, max_per_cell=p.max_tasks_per_cell,
@@ -112,8 +112,8 @@ print(f"{len(models)} models x {len(tasks)} tasks x {len(p.conditions)} conditio
 
 # %%
 responses, timing = stage03.collect_all(models, tasks, responses_dir, p, device=device)
-responses.to_parquet(stage.output("responses"), index=False)
-timing.to_csv(stage.output("timing"), index=False)
+stage.write_table(responses, "responses")
+stage.write_table(timing, "timing")
 write_json_atomic(stage.output("generation"), stage03.generation_settings(p, device))
 display(timing)
 
@@ -132,7 +132,7 @@ if p.precision_check:
                       n_items=p.precision_check_items, seed=common.seed, device=device,
                       dtype="bfloat16", predict=load_identifier().predict,
                       max_new_tokens=p.max_new_tokens, batch_size=p.batch_size, progress=False)
-    check.to_csv(stage.output("precision_check"), index=False)
+    stage.write_table(check, "precision_check")
     display(check.round(3))
 
 # %% [markdown]

@@ -103,7 +103,7 @@ print(stage04.empty_note(scored))
 # %%
 scored = stage04.annotate(scored, p, world=common.world, seed=common.seed,
                           sheet_path=stage.output("annotation_sheet"))
-scored.to_parquet(stage.output("scored"), index=False)
+stage.write_table(scored, "scored")
 labeled = scored[scored["labeled"] == 1]
 print(f"{len(labeled)} of {len(scored):,} responses labeled"
       + (" (stand-in annotator: smoke test only)" if p.simulate_annotations and common.world == "paper" else ""))
@@ -118,7 +118,7 @@ display(labeled.pivot_table(index="lang", columns="benchmark", values="labeled",
 
 # %%
 table = fidelity_table(scored)
-table.round(3).to_csv(stage.output("surrogate_fidelity"))
+stage.write_table(table.round(3), "surrogate_fidelity", index=True)
 by_model = fidelity_table(scored.assign(lang="all", benchmark="all")).droplevel(["benchmark", "lang"])
 display(by_model.round(3))
 stage.save_figure(stage04.plot_fidelity_by_language(table, list(scored["benchmark"].unique())),

@@ -137,7 +137,7 @@ display(stage05.measurement_errors(scored).round(3))
 
 # %%
 fig1 = stage05.figure1(scored, p, seed=common.seed)
-fig1.to_csv(stage.output("figure1"), index=False)
+stage.write_table(fig1, "figure1")
 _, role = stage05.figure1_rows(scored, p.figure1_exclude_english)
 order = stage05.model_order(fig1["model"])
 fig = figures.forest_plot(fig1, row="model", panel="benchmark", row_order=order, level=p.level,
@@ -186,7 +186,7 @@ print(stage05.recovery_text(recov, p.level))
 
 # %%
 by_lang = stage05.language_breakdown(scored, p, seed=common.seed)
-by_lang.to_csv(stage.output("ifl_by_language"), index=False)
+stage.write_table(by_lang, "ifl_by_language")
 stage.save_figure(figures.language_plot(by_lang, level=p.level), "05_ifl_by_language")
 plt.show()
 display(regress.wide(by_lang, ["family", "lang"]).pivot(index="family", columns="lang", values="dsl").round(2))
@@ -204,12 +204,12 @@ print(stage05.language_text(by_lang))
 
 # %%
 t4 = regress.table4(scored, p, seed=common.seed)
-t4.to_csv(stage.output("table4"), index=False)
+stage.write_table(t4, "table4")
 alt = regress.table4(scored, p, seed=common.seed, main_effects=not p.main_effects)
-alt.to_csv(stage.output("table4_other_specification"), index=False)
+stage.write_table(alt, "table4_other_specification")
 literal = alt if p.main_effects else t4  # the paper's equation: Image and Image x factor only
 beside = stage05.table4_beside_paper(literal)
-beside.to_csv(stage.output("table4_vs_paper"), index=False)
+stage.write_table(beside, "table4_vs_paper")
 stage.save_figure(figures.table4_plot(t4, level=p.level), "05_table4_design_effects")
 plt.show()
 display(beside[[c for c in beside.columns if not c.endswith("_note")]].round(3))

@@ -108,7 +108,7 @@ where = dict(world=common.world, variants=variants, device=device, seed=common.s
 
 # %%
 points, n_layers_umap = stage06.umap_of(p.umap_model, tasks, p, languages=common.languages, **where)
-points.to_parquet(stage.output("umap_points"), index=False)  # re-plot without rerunning
+stage.write_table(points, "umap_points")  # re-plot without rerunning
 display(points.groupby(["kind", "lang"]).agg(tokens=("x", "size"), mean_norm=("norm", "mean")).round(2))
 
 fig, ax = plt.subplots(figsize=(6, 5))
@@ -124,7 +124,7 @@ plt.show()
 
 # %%
 results, n_images = stage06.cka_of_pair(tasks, p, **where)
-results.to_csv(stage.output("cka"), index=False)
+stage.write_table(results, "cka")
 n, d = int(results["n"].iloc[0]), int(results["d_a"].iloc[0])
 print(f"n = {n} image tokens ({n_images} images x {p.cka_image_tokens} positions), d = {d}")
 

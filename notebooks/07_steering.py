@@ -108,7 +108,7 @@ models = pd.read_csv(stage.input("models"))
 scored = pd.read_parquet(stage.input("scored"))
 stage07.check_generation_matches_03(json.loads(stage.input("generation").read_text()), p)
 identifier = stage07.identifier_as_in_04(json.loads(stage.input("identifier").read_text()))
-responses_dir = stage.run_dir / "responses"  # beside notebook 03's, one folder per steered run
+responses_dir = stage.response_store  # beside notebook 03's, one folder per steered run
 langs = stage07.languages(p, common.languages)
 prompts = steering_prompts(langs, source=p.prompt_source, version=p.prompt_version)
 steered_models = stage07.steer_models(models, p)
@@ -134,8 +134,8 @@ steered, diagnostics, conventions = stage07.steer_all(
     steered_models, scored, tasks, prompts, langs, p, responses_dir=responses_dir,
     vectors_dir=stage.dir / "vectors", device=device, seed=common.seed)
 steered = stage07.score(steered, tasks, identifier, common.world)
-steered.to_parquet(stage.output("steered_scored"), index=False)
-diagnostics.to_csv(stage.output("vector_diagnostics"), index=False)
+stage.write_table(steered, "steered_scored")
+stage.write_table(diagnostics, "vector_diagnostics")
 write_json_atomic(stage.output("convention"), conventions)
 display(diagnostics[["model", "lang", "layer", "norm", "norm_over_median_token", "top2_share",
                      "max_token_norm_over_median"]].round(3))
@@ -150,8 +150,9 @@ if (diagnostics["top2_share"] > 0.5).any():
 
 # %%
 tables = {col: stage07.ifl_table(scored, steered, col) for col in fidelity_columns}
-for col, table in tables.items():
-    table.to_csv(stage.path(f"ifl_remedy_{col}.csv"), index=False)
+stage.write_table(tables["fidelity_lid"], "ifl_remedy")
+if "fidelity_exact" in tables:  # the miniature's exact rule
+    stage.write_table(tables["fidelity_exact"], "ifl_remedy_exact")
 main = tables["fidelity_lid"]
 paper5, paper69 = stage07.paper_tables()
 summary = stage07.summary(main, paper5 if common.world == "paper" else None)
@@ -192,7 +193,7 @@ if p.sweep_depths:
     sweep, n_layers, default_l = stage07.layer_sweep(
         row, scored, tasks, prompts, langs, p, identifier=identifier, world=common.world,
         fidelity_columns=fidelity_columns, responses_dir=responses_dir, device=device, seed=common.seed)
-    sweep.to_csv(stage.output("layer_sweep"), index=False)
+    stage.write_table(sweep, "layer_sweep")
     display(sweep.pivot_table(index=["fidelity", "layer"], columns="scale", values="ifl_remedy").round(3))
     stage.save_figure(figures.layer_sweep_plot(sweep, model=name, n_layers=n_layers, default_layer=default_l),
                       "07_layer_sweep")

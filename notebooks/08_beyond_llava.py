@@ -97,7 +97,7 @@ display(status[["model", "audited", "error"]])
 
 # %%
 table = stage08.summary_table(status, stage.dir)
-table.to_csv(stage.output("ifl_by_model"), index=False)
+stage.write_table(table, "ifl_by_model")
 show = [c for c in ("model", "model_class", "n_items", "fidelity_image", "fidelity_text", "ifl",
                     "ifl_lo", "ifl_hi", "fidelity_image_steered", "ifl_steered", "report") if c in table]
 display(table[show].round(3))

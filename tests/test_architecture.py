@@ -2,7 +2,9 @@
 stage; no import cycles inside the package; prerequisites declared once (ifl/artifacts.csv) and
 used by the notebooks through `stage.input`."""
 import ast
+import io
 import re
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -128,11 +130,51 @@ def test_prerequisites_follow_from_what_each_notebook_reads():
         assert prerequisites(path.stem) == expected, path.name
 
 
+def stage_outputs_named(source: str) -> set[str]:
+    """The artifacts `source` names in `stage.output(artifact)` and `stage.write_table(df,
+    artifact)`; raise where an artifact is not a literal string (this check could not see it)."""
+    named = set()
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "stage"):
+            continue
+        position = {"output": 0, "write_table": 1}.get(node.func.attr)
+        if position is None:
+            continue
+        arg = node.args[position] if len(node.args) > position else None
+        if not (isinstance(arg, ast.Constant) and isinstance(arg.value, str)):
+            raise AssertionError(f"line {node.lineno}: stage.{node.func.attr} needs the artifact's "
+                                 "name as a literal string")
+        named.add(arg.value)
+    return named
+
+
 def test_notebooks_write_their_declared_outputs_through_stage_output():
     for path in NOTEBOOKS:
-        source = path.read_text(encoding="utf-8")
-        written = set(re.findall(r"stage\.output\(\"([a-z_0-9]+)\"\)", source))
+        written = stage_outputs_named(path.read_text(encoding="utf-8"))
         assert written <= set(outputs(path.stem)), f"{path.name} writes undeclared {written - set(outputs(path.stem))}"
+
+
+# A table or text written straight to a file is left half-written by a full disk, and its error
+# may not name the file; stage.write_table and write_json_atomic write through a temporary file.
+DIRECT_WRITES = re.compile(r"\.(to_csv|to_parquet|write_text|write_bytes)\(")
+DIRECT_WRITES_STILL_IN = {"02_train_variants"}  # its table writes are being routed separately
+
+
+def test_notebooks_write_tables_and_text_atomically():
+    for path in NOTEBOOKS:
+        if path.stem in DIRECT_WRITES_STILL_IN:
+            continue
+        lines = [f"{i}: {line.strip()}" for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+                 if DIRECT_WRITES.search(line)]
+        assert not lines, f"{path.name} writes directly (use stage.write_table / write_json_atomic): {lines}"
+
+
+def test_the_output_checks_can_fail():
+    assert stage_outputs_named('stage.write_table(t[["a"]], "scored")\nstage.output("tasks")') == {"scored", "tasks"}
+    with pytest.raises(AssertionError, match="line 1: stage.write_table needs the artifact's name"):
+        stage_outputs_named('stage.write_table(t, f"ifl_remedy_{col}")')
+    assert DIRECT_WRITES.search('table.to_csv(stage.path("x.csv"))')
 
 
 def test_notebooks_open_with_begin_and_keep_no_device_logic():
@@ -155,6 +197,30 @@ def test_the_repository_cites_only_documents_it_contains():
         assert not [w for w in outside if w in text], f"{path.relative_to(ROOT)} cites {[w for w in outside if w in text]}"
     cited = {m for p in files for m in re.findall(r"docs/[a-z_]+\.md", p.read_text(encoding="utf-8", errors="replace"))}
     assert cited and all((ROOT / c).is_file() for c in cited), cited
+    for path in (p for p in files if p.suffix == ".py" and p.relative_to(ROOT).parts[0] in PROSE_CHECKED):
+        found = tracker_references(path.read_text(encoding="utf-8"))
+        assert not found, f"{path.relative_to(ROOT)} cites the project's tracker: {found}"
+
+
+PROSE_CHECKED = ("ifl", "tests", "benchmarks", "notebooks")
+TRACKER = re.compile(r"\bissues? #?\d+", re.IGNORECASE)  # a numbered issue: a tracker the reader lacks
+
+
+def tracker_references(source: str) -> list[str]:
+    """The tracker references (a numbered issue) in the comments and string literals (docstrings,
+    and a jupytext notebook's markdown cells, which are comments) of Python `source`."""
+    prose = {tokenize.COMMENT, tokenize.STRING}
+    tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+    return [m for tok in tokens if tok.type in prose for m in TRACKER.findall(tok.string)]
+
+
+def test_the_tracker_check_can_fail():
+    issue = "iss" + "ue"  # spelled apart, so this file does not cite a tracker itself
+    source = (f'"""Fixes {issue} 12."""\n'
+              f"x = 12  # see {issue.title()} #15\n"
+              f"issue = 3  # code, not prose: an {issue} 4 mentioned only here counts\n")
+    assert tracker_references(source) == [f"{issue} 12", f"{issue.title()} #15", f"{issue} 4"]
+    assert tracker_references("issue = 3\nissues = [issue, 4]\n") == []
 
 
 def test_the_companion_links_the_declared_outputs_a_stage_wrote(tmp_path):

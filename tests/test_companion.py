@@ -134,6 +134,23 @@ window.addEventListener("load", () => {
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (Debian: apt-get install chromium)")
+def test_a_full_disk_leaves_the_previous_page_whole(run, monkeypatch):
+    import errno
+    params, tmp_path = run
+    index = write_index(params, tmp_path, params_file="p.yaml")
+    before = index.read_text()
+
+    def full_disk(self, text, **kw):  # half the page, then the disk is full
+        with open(self, "w") as f:
+            f.write(text[:100])
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(OSError) as err:
+        write_index(params, tmp_path, params_file="p.yaml")
+    assert err.value.filename == str(index)
+    assert index.read_text() == before and not list(index.parent.glob(".*.tmp"))
+
+
 def test_page_loads_in_a_headless_browser_with_every_image_and_link(run, tmp_path):
     import json
     params, root = run

@@ -153,6 +153,17 @@ def test_empty_params_file_is_an_error(tmp_path):
         load_params(path)
 
 
+@pytest.mark.parametrize("text, what", [("{}\n", "an empty mapping"),
+                                        ("common:\n", r"only empty sections \(common\)"),
+                                        ("common: {}\n01_translate_data:\n",
+                                         r"only empty sections \(common, 01_translate_data\)")])
+def test_params_file_that_sets_no_key_is_an_error(tmp_path, text, what):
+    path = tmp_path / "nothing.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError, match=rf"nothing.yaml: the file sets no key, {what}; start from"):
+        load_params(path, overrides=["common.seed=1"])  # an override does not make it a params file
+
+
 def test_duplicate_key_names_both_lines(tmp_path):
     path = tmp_path / "dup.yaml"
     path.write_text("common:\n  seed: 1\n  world: miniature\n  seed: 2\n")

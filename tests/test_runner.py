@@ -123,6 +123,40 @@ stage = open_stage("02_train_variants", output_root=output_root, run_name=run_na
 fig, ax = plt.subplots()
 stage.save_figure(fig, "02_figure")
 '''
+FULL_DISK_TABLE = '''
+# %% tags=["parameters"]
+run_name = "x"
+output_root = "."
+# %%
+import errno
+import pandas as pd
+from ifl.stage import open_stage
+
+def full_disk(self, path, **kw):  # the disk fills up halfway through the table
+    with open(path, "w") as f:
+        f.write("name,llm\\nvicuna-cl")
+    raise OSError(errno.ENOSPC, "No space left on device")  # as a failed write(): names no file
+
+pd.DataFrame.to_csv = full_disk
+stage = open_stage("02_train_variants", output_root=output_root, run_name=run_name)
+stage.write_table(pd.DataFrame({"name": ["vicuna-clip-en"], "llm": ["vicuna"]}), "variants")
+'''
+FULL_DISK_UNNAMED = '''
+# %% tags=["parameters"]
+run_name = "x"
+output_root = "."
+# %%
+import errno
+from pathlib import Path
+from ifl.stage import open_stage
+
+def full_disk(self, data, **kw):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+Path.write_text = full_disk
+stage = open_stage("02_train_variants", output_root=output_root, run_name=run_name)
+stage.path("notes.txt").write_text("a write outside the stage's helpers")
+'''
 SLOW = '''
 # %% tags=["parameters"]
 run_name = "x"
@@ -171,6 +205,80 @@ def test_disk_full_while_saving_a_figure_leaves_no_partial_file(project, capsys)
     assert "Traceback" not in err and "import errno" not in err  # one line, no cell dump
     index = (project / "rendered/t/index.html").read_text()
     assert "wrote one file" in index  # the companion, for what finished
+
+
+def test_disk_full_while_writing_a_table_leaves_no_partial_file_and_names_it(project, capsys):
+    (project / "notebooks/02_train_variants.py").write_text(FULL_DISK_TABLE)
+    assert runner.main(["p.yaml"]) == 1
+    err = capsys.readouterr().err
+    stage_dir = project / "runs/t/02_train_variants"
+    assert sorted(p.name for p in stage_dir.iterdir()) == ["params.yaml"]  # no table, no temp file
+    line = [l for l in err.splitlines() if "02_train_variants FAILED" in l]
+    assert line and "No space left on device writing runs/t/02_train_variants/variants.csv" in line[0], err
+    assert "Traceback" not in err and "import errno" not in err
+
+
+def test_disk_full_on_a_write_that_names_no_file_is_one_line_naming_the_cell_line(project, capsys):
+    (project / "notebooks/02_train_variants.py").write_text(FULL_DISK_UNNAMED)
+    assert runner.main(["p.yaml"]) == 1
+    err = capsys.readouterr().err
+    line = [l for l in err.splitlines() if "02_train_variants FAILED" in l]
+    assert line and ("No space left on device writing a file the error does not name, in "
+                     '`stage.path("notes.txt").write_text(') in line[0], err
+    assert "Traceback" not in err and "import errno" not in err
+
+
+def test_a_failed_table_write_keeps_the_previous_file_and_names_it(tmp_path, monkeypatch):
+    import errno
+
+    import pandas as pd
+
+    from ifl.stage import open_stage, write_table_atomic
+    stage = open_stage("03_collect_responses", output_root=tmp_path, run_name="r")
+    target = stage.write_table(pd.DataFrame({"a": [1]}), "responses")
+    before = target.read_bytes()
+
+    def full_disk(self, path, **kw):  # half a parquet file, then the disk is full
+        Path(path).write_bytes(b"PAR1 partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", full_disk)
+    with pytest.raises(OSError) as err:
+        stage.write_table(pd.DataFrame({"a": [2]}), "responses")
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(target)
+    assert target.read_bytes() == before  # the previous table, whole
+    assert sorted(p.name for p in target.parent.iterdir()) == ["responses.parquet"]
+    with pytest.raises(ValueError, match=r"cannot write a table to .*t\.json: write \.csv or \.parquet"):
+        write_table_atomic(pd.DataFrame({"a": [1]}), tmp_path / "t.json")
+
+
+@pytest.mark.parametrize("evalue, expected", [
+    ("[Errno 28] No space left on device: '/r/x.csv'", "No space left on device writing /r/x.csv"),
+    ('[Errno 30] Read-only file system: "/r/it\'s.csv"', "Read-only file system writing /r/it's.csv"),
+    ("Error writing bytes to file. Detail: [errno 28] No space left on device",
+     "No space left on device writing a file the error does not name (see the log)"),
+    ("[Errno 2] No such file or directory: 'x.csv'", None),  # not a full disk: the usual report
+    ("boom", None)])
+def test_disk_full_is_told_by_errno(evalue, expected):
+    from types import SimpleNamespace
+    assert runner._disk_full(SimpleNamespace(evalue=evalue, traceback=[])) == expected
+
+
+@pytest.mark.parametrize("folder, says", [("t", "[ifl] run 't' not started: cannot write "),
+                                          ("01_translate_data", "[ifl] 01_translate_data FAILED: cannot write ")])
+def test_disk_full_on_the_runners_params_copy_is_one_line(project, capsys, monkeypatch, folder, says):
+    import errno
+    real_write_text = Path.write_text
+
+    def full_disk(self, text, **kw):
+        if self.name in ("params.yaml", ".params.yaml.tmp") and self.parent.name == folder:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write_text(self, text, **kw)
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    assert runner.main(["p.yaml", "--only", "01"]) == 1
+    err = capsys.readouterr().err
+    target = project / "runs/t" / ("" if folder == "t" else folder) / "params.yaml"
+    assert f"{says}{target}: No space left on device" in err, err
+    assert "Traceback" not in err and not target.exists()
 
 
 def test_disk_full_in_the_runner_is_one_line_and_the_companion_is_written(project, capsys,

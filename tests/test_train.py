@@ -457,7 +457,7 @@ def test_two_processes_equal_one(world, tmp_path):
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
 
 
-# --- what only a real checkpoint or launch shows (issue 12) ---------------------------------
+# --- what only a real checkpoint or launch shows: memory, batch fields, rates, images ------
 
 def test_stage1_model_is_freed_before_stage2_loads(world, tmp_path, monkeypatch):
     """On a 24 GB card, stage 2 (NF4 7B + LoRA states) cannot start beside stage 1's bf16 7B:

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ifl.data.languages import LANGUAGES
+from ifl.stage import atomic_path
 
 # column -> arrow type; order is the on-disk order. `extra` columns (e.g. category, image_id)
 # may follow and are kept as they are.
@@ -80,12 +81,11 @@ def write_tasks(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     path = Path(path)
     df = tasks_frame(df, source=str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
     table = pa.Table.from_pandas(df, preserve_index=False)
     fields = [pa.field(n, TASK_SCHEMA.field(n).type) if n in TASK_COLUMNS else table.schema.field(n)
               for n in table.schema.names]
-    pq.write_table(table.cast(pa.schema(fields)), tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table.cast(pa.schema(fields)), tmp)
     return path
 
 
