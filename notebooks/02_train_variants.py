@@ -130,7 +130,7 @@ if common.world == "miniature":
     components = stage02.miniature_components(p, stage.dir / "components", common.seed)
     llm_paths = vision_paths = components["paths"]
     metrics = components["metrics"]  # grows below with each variant's stage-2 retention
-    metrics.to_csv(stage.output("component_metrics"), index=False)
+    stage.write_table(metrics, "component_metrics")
     lm_table, tower_table = stage02.component_tables(metrics)
     display(lm_table.round(2))
     display(tower_table.round(3))
@@ -174,7 +174,7 @@ print(f"{len(space)} variants")
 # %%
 trained = stage02.train_all(p, common.world, llm_paths, vision_paths, manifest,
                             stage.dir / "variants", device=device, seed=common.seed)
-trained.to_csv(stage.output("variants"), index=False)
+stage.write_table(trained, "variants")
 display(trained.drop(columns="model_dir").round(3))
 
 # %%
@@ -208,7 +208,7 @@ sanity = None
 if common.world == "miniature":
     sanity = stage02.sanity_check(trained, tasks, stage.dir / "sanity",
                                   n_scenes=p.mini_eval_scenes, device=device)
-    sanity.to_csv(stage.output("sanity"), index=False)
+    stage.write_table(sanity, "sanity")
     display(sanity[["variant", "data_lang", "n", "accuracy", "chance", "accuracy_one_object",
                     "accuracy_several_objects", "answer_in_training_language"]].round(3))
     display(stage02.accuracy_by_type(sanity).round(3))
@@ -224,7 +224,7 @@ if common.world == "miniature" and p.mini_component_probes:
     kept = stage2_retention(metrics, trained, common.languages, n_scenes=p.mini_lm_eval_scenes // 2,
                             seed=common.seed)
     metrics = pd.concat([metrics, kept], ignore_index=True)
-    metrics.to_csv(stage.output("component_metrics"), index=False)
+    stage.write_table(metrics, "component_metrics")
     display(kept[kept["metric"].str.startswith("fidelity")].pivot_table(
         index="component", columns=["metric", "lang"], values="value").round(2))
 

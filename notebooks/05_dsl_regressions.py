@@ -257,7 +257,7 @@ mechanisms = None
 if common.world == "miniature":
     metrics_path = stage.optional_input("component_metrics")
     mechanisms = stage05.mechanism_table(scored, None if metrics_path is None else pd.read_csv(metrics_path))
-    mechanisms.to_csv(stage.output("table4_mechanisms"), index=False)
+    stage.write_table(mechanisms, "table4_mechanisms")
     display(mechanisms.round(3))
     print("\n".join(stage05.mechanism_text(mechanisms)))
 
