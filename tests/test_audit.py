@@ -111,3 +111,61 @@ def test_audit_completes_an_older_llava_processor_config(vlms, tmp_path):
     (old / "processor_config.json").write_text(json.dumps(config))
     out = run_audit(str(old), out=tmp_path / "out", **SMALL)
     assert len(pd.read_parquet(out / "responses.parquet")) == 4
+
+
+# The stop tokens each stand-in's template and generation config give, as the real repos would:
+# llava-hf's LLaVA-1.5 template writes no token after an answer (eos only); Mistral's writes
+# eos; Idefics3-8B-Llama3 and Intel/llava-gemma-2b list eos only although their answers end
+# with the template's end-of-turn; gemma-3-*-it lists both; Aya Vision ends turns with its eos.
+STOPS = {"tiny-llava-1.5": ["</s>"], "tiny-llava-next": ["</s>"],
+         "tiny-idefics3": ["<end_of_utterance>", "<|end_of_text|>"],
+         "tiny-gemma3": ["<end_of_turn>", "<eos>"], "tiny-aya-vision": ["<|END_OF_TURN_TOKEN|>"]}
+
+
+@pytest.mark.parametrize("name", END_TO_END)
+def test_stop_tokens_are_eos_and_the_templates_end_of_turn(name, vlms):
+    from transformers import AutoProcessor, GenerationConfig
+
+    from ifl.audit.generate import stop_tokens
+
+    processor = AutoProcessor.from_pretrained(vlms[name])
+    stops = stop_tokens(processor, GenerationConfig.from_pretrained(vlms[name]))
+    assert sorted(stops) == sorted(STOPS[name])
+    assert stops == {t: processor.tokenizer.convert_tokens_to_ids(t) for t in stops}
+
+
+def test_end_of_turn_from_a_template_that_takes_string_content(vlms):
+    """A tokenizer's text template (Intel/llava-gemma-2b keeps gemma-2b-it's) trims string
+    content and would print a list's repr: the probe falls back to a plain string."""
+    from transformers import AutoProcessor
+
+    from ifl.audit.generate import end_of_turn_token
+    from ifl.smoke.tiny_llava import GEMMA_CHAT_TEMPLATE
+
+    processor = AutoProcessor.from_pretrained(vlms["tiny-gemma3"])
+    processor.chat_template = GEMMA_CHAT_TEMPLATE
+    assert end_of_turn_token(processor) == "<end_of_turn>"
+    processor.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    assert end_of_turn_token(processor) is None  # nothing special after the answer: eos only
+
+
+def test_generation_stops_at_the_templates_end_of_turn(vlms, tmp_path):
+    """Idefics3's stand-in lists eos only, as Idefics3-8B-Llama3; biased to say
+    `<end_of_utterance>` as soon as it may end (min_new_tokens = 4), every reply stops there
+    instead of running on to the token limit, and settings.json names the stop tokens."""
+    model = tmp_path / "eou-idefics3"
+    shutil.copytree(vlms["tiny-idefics3"], model)
+    path = model / "generation_config.json"
+    config = json.loads(path.read_text())
+    from transformers import AutoTokenizer
+
+    turn = AutoTokenizer.from_pretrained(model).convert_tokens_to_ids("<end_of_utterance>")
+    assert turn not in config["eos_token_id"]
+    config["sequence_bias"] = [[[turn], 100.0]]
+    path.write_text(json.dumps(config))
+    out = run_audit(str(model), out=tmp_path / "out", **{**SMALL, "max_new_tokens": 12})
+    responses = pd.read_parquet(out / "responses.parquet")
+    assert (responses["n_new_tokens"] == config["min_new_tokens"] + 1).all(), responses["n_new_tokens"]
+    assert not responses["response"].str.contains("end_of_utterance").any()
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["stop_tokens"]["<end_of_utterance>"] == turn

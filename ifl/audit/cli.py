@@ -40,7 +40,7 @@ def run_audit(model: str, *, languages=None, benchmark="shapes", n_per_language=
     import torch
     from transformers import AutoModelForImageTextToText
 
-    from ifl.audit.generate import collect
+    from ifl.audit.generate import collect, stop_tokens
     from ifl.audit.measure import dsl_table, fidelity_table, score
     from ifl.audit.report import write_report
     from ifl.compat import bnb_config, complete_processor, decoder_layers
@@ -70,13 +70,15 @@ def run_audit(model: str, *, languages=None, benchmark="shapes", n_per_language=
     except ValueError as exc:
         raise AuditInputError(f"unsupported architecture: {exc}") from None
     layer = (default_layer(net) if layer is None else layer) if remedy else None
+    stops = stop_tokens(processor, net.generation_config)
     settings = dict(model=model, benchmark=benchmark, languages=sorted(set(tasks["lang"])),
                     n_per_language=n_per_language, precision=precision, batch_size=batch_size,
                     max_new_tokens=max_new_tokens, remedy=remedy, steering_layer=layer,
                     labels=labels, model_class=type(net).__name__,
-                    processor_class=type(processor).__name__, n_tasks=len(tasks))
+                    processor_class=type(processor).__name__, n_tasks=len(tasks),
+                    stop_tokens=stops)
     responses = collect(net, processor, tasks, out, model_name=name, remedy=remedy, layer=layer,
-                        max_new_tokens=max_new_tokens, batch_size=batch_size)
+                        max_new_tokens=max_new_tokens, batch_size=batch_size, stops=stops)
     scored, lid_name = score(responses, tasks, identifier)
     settings["language_identifier"] = lid_name
     table = fidelity_table(scored)
