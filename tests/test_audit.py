@@ -44,6 +44,28 @@ def test_rerun_resumes_without_generating(vlms, tmp_path, monkeypatch):
     assert sorted((tmp_path / "parts").glob("part-*.parquet")) == parts
 
 
+def test_rerun_with_other_precision_or_stop_tokens_refuses_the_stored_rows(vlms, tmp_path, capsys):
+    """Stored parts made at fp32 are not reused by a bf16 rerun, nor after the stop tokens
+    changed (here: the generation config's eos): the rerun names what differs."""
+    from ifl.collect.store import ResponseConflictError
+
+    model = tmp_path / "llava"
+    shutil.copytree(vlms["tiny-llava-1.5"], model)
+    run_audit(str(model), out=tmp_path / "out", **SMALL)
+    with pytest.raises(ResponseConflictError, match="precision"):
+        run_audit(str(model), out=tmp_path / "out", **{**SMALL, "precision": "bf16"})
+    assert main([str(model), "--out", str(tmp_path / "out"), "--precision", "bf16",
+                 "--languages", "en,de", "--n-per-language", "1", "--max-new-tokens", "4",
+                 "--device", "cpu"]) == 2
+    assert "precision" in capsys.readouterr().out
+    path = model / "generation_config.json"
+    config = json.loads(path.read_text())
+    config["eos_token_id"] = [*config["eos_token_id"], config["pad_token_id"]]
+    path.write_text(json.dumps(config))
+    with pytest.raises(ResponseConflictError, match="stop_tokens"):
+        run_audit(str(model), out=tmp_path / "out", **SMALL)
+
+
 def test_labels_give_dsl_estimates(vlms, tmp_path):
     model = str(vlms["tiny-llava-1.5"])
     out = run_audit(model, out=tmp_path / "a", **{**SMALL, "n_per_language": 6})

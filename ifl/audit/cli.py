@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from ifl.audit.inputs import BENCHMARKS, AuditInputError, check_model, check_processor, load_benchmark
+from ifl.collect.store import ResponseConflictError
 
 
 def parser() -> argparse.ArgumentParser:
@@ -78,7 +79,8 @@ def run_audit(model: str, *, languages=None, benchmark="shapes", n_per_language=
                     processor_class=type(processor).__name__, n_tasks=len(tasks),
                     stop_tokens=stops)
     responses = collect(net, processor, tasks, out, model_name=name, remedy=remedy, layer=layer,
-                        max_new_tokens=max_new_tokens, batch_size=batch_size, stops=stops)
+                        max_new_tokens=max_new_tokens, batch_size=batch_size, precision=precision,
+                        stops=stops)
     scored, lid_name = score(responses, tasks, identifier)
     settings["language_identifier"] = lid_name
     table = fidelity_table(scored)
@@ -106,7 +108,7 @@ def main(argv=None) -> int:
                         precision=args.precision, batch_size=args.batch_size,
                         max_new_tokens=args.max_new_tokens, remedy=args.remedy, layer=args.layer,
                         labels=args.labels, out=args.out, device=args.device)
-    except AuditInputError as exc:
+    except (AuditInputError, ResponseConflictError) as exc:  # bad input; stored rows of other settings
         print(f"ifl.audit: {exc}")
         return 2
     print(f"wrote {out / 'report.html'}")

@@ -142,17 +142,18 @@ def generate_batch(model, processor, items: list[Item], langs: dict[str, str], *
 
 
 def collect(model, processor, tasks: pd.DataFrame, out: Path, *, model_name: str, remedy: bool,
-            layer: int | None, max_new_tokens: int, batch_size: int,
+            layer: int | None, max_new_tokens: int, batch_size: int, precision: str,
             stops: dict[str, int]) -> pd.DataFrame:
     """Every missing response, stored part by part under out/parts/; returns all of them.
-    Stored parts are reused only if made with the same model, token limit, steering layer and
-    stop tokens (`stops`, from `stop_tokens`): a rerun with another of these refuses rather
-    than mixing rows."""
+    Stored parts are reused only if made with the same model, token limit, steering layer,
+    precision (--precision: 4-bit replies differ from bf16 ones) and stop tokens (`stops`, from
+    `stop_tokens`): a rerun with another of these refuses (ResponseConflictError) rather than
+    mixing rows."""
     folder = out / PARTS
     folder.mkdir(parents=True, exist_ok=True)
     check_settings(folder, folder, dict(model=model_name, max_new_tokens=max_new_tokens,
                                         steering_layer=layer if remedy else None,
-                                        stop_tokens=sorted(stops)))
+                                        precision=precision, stop_tokens=sorted(stops)))
     done = set(map(tuple, load_responses(out, PARTS)[["task_id", "condition"]].itertuples(index=False)))
     todo = [it for it in build_items(tasks, processor, remedy) if (it.task_id, it.condition) not in done]
     tok = processor.tokenizer
