@@ -191,3 +191,29 @@ def test_generation_stops_at_the_templates_end_of_turn(vlms, tmp_path):
     assert not responses["response"].str.contains("end_of_utterance").any()
     settings = json.loads((out / "settings.json").read_text())
     assert settings["stop_tokens"]["<end_of_utterance>"] == turn
+
+
+@pytest.mark.parametrize("name", ["tiny-idefics3", "tiny-gemma3"])
+def test_4bit_keeps_each_classes_vision_side_unquantised(name, vlms):
+    """--precision 4bit quantises the LM's linear layers only, whatever the class names its
+    vision side (Idefics3: vision_model + connector; Gemma 3: vision_tower +
+    multi_modal_projector), as LLaVA's own 4-bit loader does for LLaVA."""
+    bnb = pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed")
+    import torch
+
+    from ifl.audit.cli import load_model
+    from ifl.audit.inputs import check_model
+    from ifl.compat import decoder_layers
+
+    model = load_model(str(vlms[name]), check_model(str(vlms[name])), "4bit", "cpu")
+    vision = {"tiny-idefics3": ("vision_model", "connector"),
+              "tiny-gemma3": ("vision_tower", "multi_modal_projector")}[name]
+    for where in [f"model.{v}" for v in vision] + ["lm_head"]:
+        # (Gemma 3's projector holds its matrix as a parameter: no Linear there to quantise)
+        linears = [m for m in model.get_submodule(where).modules() if isinstance(m, torch.nn.Linear)]
+        assert not any(isinstance(m, bnb.nn.Linear4bit) for m in linears), f"{where} quantised"
+        assert all(m.weight.dtype == torch.bfloat16 for m in linears)
+    tower = model.model.get_submodule(vision[0])
+    assert any(isinstance(m, torch.nn.Linear) for m in tower.modules())
+    lm = [m for m in decoder_layers(model).modules() if isinstance(m, torch.nn.Linear)]
+    assert lm and all(isinstance(m, bnb.nn.Linear4bit) for m in lm)
