@@ -12,10 +12,10 @@
 | tiny-gemma3       | google/gemma-3-4b-it                   | Gemma3 / Gemma3Processor                       |
 | tiny-aya-vision   | CohereForAI/aya-vision-8b              | AyaVision / AyaVisionProcessor (GotOcr2 Pil)   |
 
-Processors with a video part (Qwen2-VL / Qwen2.5-VL, LLaVA-OneVision, SmolVLM) need torchvision,
-which does not work beside the pinned CPU torch; `model_only(kind)` builds those classes (and
-PaliGemma, Llama 4) from config without a processor, for model-level checks (decoder layers
-found, steering hooks placed and removed).
+Processors with a video part (Qwen2-VL / Qwen2.5-VL, LLaVA-OneVision, SmolVLM, InternVL) need
+torchvision, which does not work beside the pinned CPU torch; `model_only(kind)` builds those
+classes (and PaliGemma, Llama 4) from config without a processor, for model-level checks
+(decoder layers found, steering hooks placed and removed, the modules 4-bit loading keeps).
 
 Chat templates: LLaVA-1.5 and the Mistral [INST] turns as in ifl.smoke.tiny_llava; Idefics3's
 renders exactly what transformers' processor test expects from the real repo ("<|begin_of_text|>User:
@@ -38,7 +38,7 @@ from ifl.smoke.tiny_llava import (CLIP_MEAN, CLIP_STD, FFN, HEADS, IMAGE_SIZE, I
                                   tiny_tokenizer)
 
 END_TO_END = ("tiny-llava-1.5", "tiny-llava-next", "tiny-idefics3", "tiny-gemma3", "tiny-aya-vision")
-MODEL_ONLY = ("qwen2_vl", "qwen2_5_vl", "llava_onevision", "smolvlm", "paligemma", "llama4")
+MODEL_ONLY = ("qwen2_vl", "qwen2_5_vl", "llava_onevision", "smolvlm", "paligemma", "llama4", "internvl")
 
 IDEFICS3_CHAT_TEMPLATE = (
     "<|begin_of_text|>{% for message in messages %}{{message['role'] | capitalize}}{% if "
@@ -317,6 +317,14 @@ def model_only(kind: str, seed: int = 0):
             text_config=dict(**text, intermediate_size_mlp=FFN, num_local_experts=1, head_dim=16,
                              no_rope_layers=[1, 1, 1]))
         cls = "Llama4ForConditionalGeneration"
+    elif kind == "internvl":  # OpenGVLab/InternVL3-*-hf: InternViT + pixel shuffle + Qwen2
+        config = transformers.InternVLConfig(
+            vision_config=dict(hidden_size=WIDTH, intermediate_size=FFN, num_hidden_layers=1,
+                               num_attention_heads=HEADS, image_size=[IMAGE_SIZE, IMAGE_SIZE],
+                               patch_size=[PATCH_SIZE, PATCH_SIZE]),
+            text_config=transformers.Qwen2Config(**text),
+            image_token_id=tok.convert_tokens_to_ids("<image>"), downsample_ratio=0.5)
+        cls = "InternVLForConditionalGeneration"
     else:
         raise ValueError(f"model_only knows {MODEL_ONLY}, not {kind!r}")
     del clip
