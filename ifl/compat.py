@@ -111,6 +111,8 @@ def image_features(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor
 # features for no memory worth having. transformers 5 matches a pattern from the start of the
 # module path ("model.vision_tower...") or as its suffix, and by default skips only the output
 # embeddings; 4.x matched substrings of top-level paths ("vision_tower..."). Both spellings here.
+# Other classes name their vision side otherwise (Qwen2-VL `visual`, Idefics3 `vision_model` +
+# `connector`): `unquantised_modules` reads the list off any class's module tree.
 LLAVA_UNQUANTISED = ("model.vision_tower", "model.multi_modal_projector", "vision_tower",
                      "multi_modal_projector", "lm_head")
 
@@ -126,19 +128,46 @@ def nf4_config(compute_dtype: torch.dtype = torch.bfloat16, skip=LLAVA_UNQUANTIS
                               llm_int8_skip_modules=list(skip) if skip else None)
 
 
-def bnb_config(kind: str | None, compute_dtype: torch.dtype = torch.bfloat16):
+def bnb_config(kind: str | None, compute_dtype: torch.dtype = torch.bfloat16, skip=LLAVA_UNQUANTISED):
     """BitsAndBytesConfig of a LLaVA model for `quantization` = "4bit" (`nf4_config`) or "8bit"
-    (LLM.int8); None -> None. Tower, projector and lm_head stay unquantised
-    (`LLAVA_UNQUANTISED`). Pass as `quantization_config=` (5.x)."""
+    (LLM.int8); None -> None. The modules in `skip` stay unquantised: by default LLaVA's tower,
+    projector and lm_head (`LLAVA_UNQUANTISED`); another class's from `unquantised_modules`.
+    Pass as `quantization_config=` (5.x)."""
     if kind is None:
         return None
     from transformers import BitsAndBytesConfig
 
     if kind == "4bit":
-        return nf4_config(compute_dtype)
+        return nf4_config(compute_dtype, skip)
     if kind == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(LLAVA_UNQUANTISED))
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(skip))
     raise ValueError(f"quantization must be None, '4bit' or '8bit', got {kind!r}")
+
+
+def unquantised_modules(config, auto_class=None) -> tuple[str, ...]:
+    """What to keep in full precision under 4-/8-bit loading for a model of `config`'s class,
+    as LLaVA's own loader does for LLaVA: every module beside the language model in the
+    multimodal wrapper (the vision tower and the projector or connector, whatever the class
+    names them: LLaVA's `vision_tower`/`multi_modal_projector`, Qwen2-VL's `visual`, Idefics3's
+    `vision_model`/`connector`) and the output head. Read off the class's own module tree, built
+    on the meta device (no weights), so a new class needs no entry here.
+
+    auto_class: the Auto class that loads the model (default AutoModelForImageTextToText)."""
+    if auto_class is None:
+        from transformers import AutoModelForImageTextToText as auto_class
+    with torch.device("meta"):
+        model = auto_class.from_config(config)
+    decoder = language_model(model)
+    path = next(name for name, module in model.named_modules() if module is decoder)
+    # every module beside the path from the root to the decoder stack: the wrapper's tower and
+    # projector, the head (Llama 4 nests its head in `language_model`, beside the stack)
+    skip, parts = [], path.split(".")
+    for depth in range(len(parts)):
+        above = ".".join(parts[:depth])
+        for name, _ in (model.get_submodule(above) if above else model).named_children():
+            if name != parts[depth]:
+                skip.append(f"{above}.{name}" if above else name)
+    return tuple(skip)
 
 
 # Tokens a vision tower puts before its patches (CLS, registers): what LlavaProcessor's

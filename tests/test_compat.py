@@ -219,3 +219,18 @@ def test_processor_classes(llava):
     assert processor_classes(processor) == {
         "processor": "LlavaProcessor", "tokenizer": "TokenizersBackend",
         "image_processor": "CLIPImageProcessorPil"}
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("qwen2_vl", {"model.visual", "lm_head"}),
+    ("smolvlm", {"model.vision_model", "model.connector", "lm_head"}),
+    ("paligemma", {"model.vision_tower", "model.multi_modal_projector", "lm_head"}),
+    ("internvl", {"model.vision_tower", "model.multi_modal_projector", "lm_head"}),
+    # Llama 4 nests its head beside the decoder stack, inside language_model
+    ("llama4", {"vision_model", "multi_modal_projector", "language_model.lm_head"})])
+def test_unquantised_modules_are_each_classes_vision_side_and_head(kind, expected):
+    from ifl.compat import unquantised_modules
+    from ifl.smoke.tiny_vlms import model_only
+
+    model, _ = model_only(kind)
+    assert set(unquantised_modules(model.config)) == expected

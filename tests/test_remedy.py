@@ -95,6 +95,52 @@ def test_unknown_language_and_bad_layer_fail_before_generating(llava):
     assert _hooks(model) == hooks
 
 
+class _Identifier:
+    """Reads German in the replies of the `german_calls`-th predict calls (0-based), English in
+    the others: choose_layer calls it once per candidate layer, in ascending order."""
+
+    name = "scripted"
+
+    def __init__(self, german_calls):
+        self.german_calls, self.calls = set(german_calls), 0
+
+    def predict(self, texts):
+        label = "deu_Latn" if self.calls in self.german_calls else "eng_Latn"
+        self.calls += 1
+        return [label] * len(texts)
+
+
+def test_choose_layer_picks_the_best_swept_layer_and_leaves_no_hooks(llava):
+    from ifl.remedy import choose_layer
+    from ifl.steer import default_layer
+
+    model, processor = llava
+    inputs = _inputs(processor, QUESTIONS)
+    before, hooks = _generate(model, inputs), _hooks(model)
+    n = len(decoder_layers(model))
+    queries = ["Wie spät ist es?", "Wo ist der Bahnhof?"]
+    # the default sweep, replies read by the real identifier: a valid layer of the sweep
+    layer, table = choose_layer(model, processor, "de", queries, max_new_tokens=4)
+    swept = [row["layer"] for row in table]
+    assert swept == sorted(set(swept)) and all(0 <= x < n for x in swept) and layer in swept
+    assert all(0 <= row["fidelity"] <= 1 for row in table)
+    assert _hooks(model) == hooks and torch.equal(_generate(model, inputs), before)
+    # the layer whose replies are most often German wins, wherever it is
+    last = max(swept)
+    german_at_last = _Identifier([swept.index(last)])
+    assert choose_layer(model, processor, "de", queries, max_new_tokens=2,
+                        identifier=german_at_last)[0] == last
+    assert german_at_last.calls == len(swept)
+    # a tie goes to the candidate nearest the default layer
+    everywhere = _Identifier(range(len(swept)))
+    nearest = min(swept, key=lambda x: abs(x - default_layer(model)))
+    assert choose_layer(model, processor, "de", queries, max_new_tokens=2,
+                        identifier=everywhere)[0] == nearest
+    assert _hooks(model) == hooks
+    with pytest.raises(ValueError, match="held-out queries"):
+        choose_layer(model, processor, "de", [])
+
+
 @pytest.mark.parametrize("kind", MODEL_ONLY)
 def test_classes_without_a_buildable_processor_are_steered_at_model_level(kind, llava):
     _, processor = llava  # same vocabulary as the model-only builders

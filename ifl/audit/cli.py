@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from ifl.audit.inputs import BENCHMARKS, AuditInputError, check_model, check_processor, load_benchmark
+from ifl.collect.store import ResponseConflictError
 
 
 def parser() -> argparse.ArgumentParser:
@@ -37,19 +38,16 @@ def run_audit(model: str, *, languages=None, benchmark="shapes", n_per_language=
               batch_size=8, max_new_tokens=64, remedy=False, layer=None, labels=None, out=None,
               device="cpu", identifier=None) -> Path:
     """Run the audit; returns the output folder. Every input is checked before generation."""
-    import torch
-    from transformers import AutoModelForImageTextToText
-
-    from ifl.audit.generate import collect
+    from ifl.audit.generate import collect, stop_tokens
     from ifl.audit.measure import dsl_table, fidelity_table, score
     from ifl.audit.report import write_report
-    from ifl.compat import bnb_config, complete_processor, decoder_layers
+    from ifl.compat import complete_processor, decoder_layers
     from ifl.steer import default_layer, steering_prompts
 
     name = Path(model.rstrip("/")).name
     out = Path(out or Path("audits") / name)
     tasks = load_benchmark(benchmark, languages, n_per_language)
-    check_model(model)
+    config = check_model(model)
     processor = check_processor(model)
     sheet = _read_labels(labels) if labels else None
     if remedy:
@@ -57,10 +55,7 @@ def run_audit(model: str, *, languages=None, benchmark="shapes", n_per_language=
             steering_prompts(sorted(set(tasks["lang"])))
         except KeyError as exc:
             raise AuditInputError(f"--remedy: {exc.args[0]}") from None
-    dtype = {"bf16": torch.bfloat16, "4bit": torch.bfloat16, "fp32": torch.float32}[precision]
-    net = AutoModelForImageTextToText.from_pretrained(
-        model, dtype=dtype, quantization_config=bnb_config("4bit" if precision == "4bit" else None),
-        device_map={"": device}).eval()
+    net = load_model(model, config, precision, device)
     if hasattr(processor, "num_additional_image_tokens") and hasattr(net.config, "vision_config"):
         # older llava-hf processor configs lack CLIP's CLS count: transformers 5 would insert
         # one placeholder fewer than the tower gives features
@@ -70,13 +65,16 @@ def run_audit(model: str, *, languages=None, benchmark="shapes", n_per_language=
     except ValueError as exc:
         raise AuditInputError(f"unsupported architecture: {exc}") from None
     layer = (default_layer(net) if layer is None else layer) if remedy else None
+    stops = stop_tokens(processor, net.generation_config)
     settings = dict(model=model, benchmark=benchmark, languages=sorted(set(tasks["lang"])),
                     n_per_language=n_per_language, precision=precision, batch_size=batch_size,
                     max_new_tokens=max_new_tokens, remedy=remedy, steering_layer=layer,
                     labels=labels, model_class=type(net).__name__,
-                    processor_class=type(processor).__name__, n_tasks=len(tasks))
+                    processor_class=type(processor).__name__, n_tasks=len(tasks),
+                    stop_tokens=stops)
     responses = collect(net, processor, tasks, out, model_name=name, remedy=remedy, layer=layer,
-                        max_new_tokens=max_new_tokens, batch_size=batch_size)
+                        max_new_tokens=max_new_tokens, batch_size=batch_size, precision=precision,
+                        stops=stops)
     scored, lid_name = score(responses, tasks, identifier)
     settings["language_identifier"] = lid_name
     table = fidelity_table(scored)
@@ -87,6 +85,22 @@ def run_audit(model: str, *, languages=None, benchmark="shapes", n_per_language=
     write_report(out / "report.html", model_name=name, settings=settings, table=table,
                  ifl_table=ifl, scored=scored, tasks=tasks)
     return out
+
+
+def load_model(source: str, config, precision: str, device: str):
+    """The model at `precision`: bf16 or fp32 weights, or "4bit" (NF4, bf16 compute) with the
+    vision tower, projector/connector and lm_head of whatever class it is kept in bf16, as
+    LLaVA's own 4-bit loader keeps LLaVA's (ifl.compat.unquantised_modules)."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from ifl.compat import bnb_config, unquantised_modules
+
+    dtype = {"bf16": torch.bfloat16, "4bit": torch.bfloat16, "fp32": torch.float32}[precision]
+    quantization = (bnb_config("4bit", skip=unquantised_modules(config, AutoModelForImageTextToText))
+                    if precision == "4bit" else None)
+    return AutoModelForImageTextToText.from_pretrained(
+        source, dtype=dtype, quantization_config=quantization, device_map={"": device}).eval()
 
 
 def _read_labels(path: str) -> pd.DataFrame:
@@ -104,7 +118,7 @@ def main(argv=None) -> int:
                         precision=args.precision, batch_size=args.batch_size,
                         max_new_tokens=args.max_new_tokens, remedy=args.remedy, layer=args.layer,
                         labels=args.labels, out=args.out, device=args.device)
-    except AuditInputError as exc:
+    except (AuditInputError, ResponseConflictError) as exc:  # bad input; stored rows of other settings
         print(f"ifl.audit: {exc}")
         return 2
     print(f"wrote {out / 'report.html'}")

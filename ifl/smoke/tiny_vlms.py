@@ -12,10 +12,10 @@
 | tiny-gemma3       | google/gemma-3-4b-it                   | Gemma3 / Gemma3Processor                       |
 | tiny-aya-vision   | CohereForAI/aya-vision-8b              | AyaVision / AyaVisionProcessor (GotOcr2 Pil)   |
 
-Processors with a video part (Qwen2-VL / Qwen2.5-VL, LLaVA-OneVision, SmolVLM) need torchvision,
-which does not work beside the pinned CPU torch; `model_only(kind)` builds those classes (and
-PaliGemma, Llama 4) from config without a processor, for model-level checks (decoder layers
-found, steering hooks placed and removed).
+Processors with a video part (Qwen2-VL / Qwen2.5-VL, LLaVA-OneVision, SmolVLM, InternVL) need
+torchvision, which does not work beside the pinned CPU torch; `model_only(kind)` builds those
+classes (and PaliGemma, Llama 4) from config without a processor, for model-level checks
+(decoder layers found, steering hooks placed and removed, the modules 4-bit loading keeps).
 
 Chat templates: LLaVA-1.5 and the Mistral [INST] turns as in ifl.smoke.tiny_llava; Idefics3's
 renders exactly what transformers' processor test expects from the real repo ("<|begin_of_text|>User:
@@ -38,7 +38,7 @@ from ifl.smoke.tiny_llava import (CLIP_MEAN, CLIP_STD, FFN, HEADS, IMAGE_SIZE, I
                                   tiny_tokenizer)
 
 END_TO_END = ("tiny-llava-1.5", "tiny-llava-next", "tiny-idefics3", "tiny-gemma3", "tiny-aya-vision")
-MODEL_ONLY = ("qwen2_vl", "qwen2_5_vl", "llava_onevision", "smolvlm", "paligemma", "llama4")
+MODEL_ONLY = ("qwen2_vl", "qwen2_5_vl", "llava_onevision", "smolvlm", "paligemma", "llama4", "internvl")
 
 IDEFICS3_CHAT_TEMPLATE = (
     "<|begin_of_text|>{% for message in messages %}{{message['role'] | capitalize}}{% if "
@@ -125,20 +125,26 @@ def _siglip(**extra):
                               patch_size=PATCH_SIZE, **extra)
 
 
-def _finish(model, tok, ends: list[str]) -> None:
-    """Generation config as the real repos' (eos = end of turn too) plus what keeps a random
-    model's reply non-empty (no specials emitted, at least 4 tokens)."""
+def _finish(model, tok, eos: list[str], end_of_turn: str | None = None) -> None:
+    """Generation config as the real repos' (eos: what their generation config lists) plus what
+    keeps a random model's reply non-empty (no specials emitted, at least 4 tokens).
+
+    end_of_turn: the template's end-of-turn token where the real config leaves it out of eos
+    (Idefics3-8B-Llama3 lists Llama 3's ends, its answers end with `<end_of_utterance>`); it
+    stays emittable, so generation stops there only if the caller adds it (ifl.audit.generate
+    .stop_tokens)."""
     gc = model.generation_config
-    specials = set(tok.all_special_ids) - {tok.convert_tokens_to_ids(e) for e in ends}
+    ends = {tok.convert_tokens_to_ids(e) for e in eos + ([end_of_turn] if end_of_turn else [])}
+    specials = set(tok.all_special_ids) - ends
     rows = model.get_output_embeddings().weight.shape[0]
     gc.suppress_tokens = sorted(specials | set(range(len(tok), rows)))
     gc.min_new_tokens = 4
     gc.pad_token_id = tok.pad_token_id
-    gc.eos_token_id = sorted({tok.convert_tokens_to_ids(e) for e in ends})
+    gc.eos_token_id = sorted({tok.convert_tokens_to_ids(e) for e in eos})
 
 
-def _save(out: Path, seed: int, model_cls: str, config, processor, ends: list[str],
-          after_init: Callable | None = None) -> None:
+def _save(out: Path, seed: int, model_cls: str, config, processor, eos: list[str],
+          after_init: Callable | None = None, end_of_turn: str | None = None) -> None:
     import torch
     import transformers
 
@@ -146,7 +152,7 @@ def _save(out: Path, seed: int, model_cls: str, config, processor, ends: list[st
     model = getattr(transformers, model_cls)(config).eval()
     if after_init:
         after_init(model)
-    _finish(model, processor.tokenizer, ends)
+    _finish(model, processor.tokenizer, eos, end_of_turn)
     model.save_pretrained(out)
     processor.save_pretrained(out)
 
@@ -210,8 +216,10 @@ def _write_idefics3(out: Path, seed: int) -> None:
     processor = Idefics3Processor(image_processor=image_processor, tokenizer=tok,
                                   image_seq_len=N_IMAGE_TOKENS // scale ** 2,
                                   chat_template=IDEFICS3_CHAT_TEMPLATE)
-    _save(out, seed, "Idefics3ForConditionalGeneration", config, processor,
-          ["<end_of_utterance>", "<|end_of_text|>"])
+    # the real config's eos: Llama 3's ends (<|end_of_text|>, <|eom_id|>, <|eot_id|>; only the
+    # first is in this vocabulary), not the template's <end_of_utterance>
+    _save(out, seed, "Idefics3ForConditionalGeneration", config, processor, ["<|end_of_text|>"],
+          end_of_turn="<end_of_utterance>")
 
 
 def _write_gemma3(out: Path, seed: int) -> None:
@@ -238,6 +246,7 @@ def _write_gemma3(out: Path, seed: int) -> None:
         with torch.no_grad():
             model.get_input_embeddings().weight.mul_(WIDTH ** -0.5)
 
+    # google/gemma-3-*-it's generation config lists both: eos_token_id [1, 106]
     _save(out, seed, "Gemma3ForConditionalGeneration", config, processor,
           ["<end_of_turn>", "<eos>"], unscale)
 
@@ -308,6 +317,14 @@ def model_only(kind: str, seed: int = 0):
             text_config=dict(**text, intermediate_size_mlp=FFN, num_local_experts=1, head_dim=16,
                              no_rope_layers=[1, 1, 1]))
         cls = "Llama4ForConditionalGeneration"
+    elif kind == "internvl":  # OpenGVLab/InternVL3-*-hf: InternViT + pixel shuffle + Qwen2
+        config = transformers.InternVLConfig(
+            vision_config=dict(hidden_size=WIDTH, intermediate_size=FFN, num_hidden_layers=1,
+                               num_attention_heads=HEADS, image_size=[IMAGE_SIZE, IMAGE_SIZE],
+                               patch_size=[PATCH_SIZE, PATCH_SIZE]),
+            text_config=transformers.Qwen2Config(**text),
+            image_token_id=tok.convert_tokens_to_ids("<image>"), downsample_ratio=0.5)
+        cls = "InternVLForConditionalGeneration"
     else:
         raise ValueError(f"model_only knows {MODEL_ONLY}, not {kind!r}")
     del clip
