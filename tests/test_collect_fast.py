@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ifl.collect import collect_responses
+from ifl.collect import collect_responses, engine
 from ifl.collect.engine import Item, generate_batch, measure, order
 from ifl.collect.options import Speedups
 from ifl.collect.prefix import plan
@@ -98,6 +98,39 @@ def test_compiled_decoding_equals_plain_path(stand_ins, tasks, tmp_path):
                         speedups=speedups)
         pd.testing.assert_frame_equal(fast, plain, obj=f"{name} {speedups}")
         assert counters["stats"]["calls_captured"] > 0, f"{speedups}: nothing was compiled"
+
+
+def _steering(model, positions: str):
+    """A LanguageSteering with a random direction, large enough to change the tiny models'
+    greedy tokens (so a hook missing from the prefix path, or wrongly on it, shows)."""
+    from ifl.steer import LanguageSteering, default_layer
+
+    vector = 4.0 * torch.randn(model.config.get_text_config().hidden_size,
+                               generator=torch.Generator().manual_seed(0))
+    return LanguageSteering("de", default_layer(model), "test", 1.0, positions, vector)
+
+
+@pytest.mark.parametrize("name", HUB_CLASSES)
+def test_steered_rows_with_shared_prefix_equal_plain_path(stand_ins, tasks, tmp_path, name, caplog):
+    """Notebook 07's steered collection: with positions="generated" the vector is added from the
+    last prompt token on, which lies in the per-row suffix, so the shared prefix (prefilled
+    without the hook) is what the plain path computes there too; the rows are the same. With
+    positions="all" the prefix would be steered: the batch runs the plain path, same rows."""
+    model, processor = load_llava(stand_ins[name], dtype="float32")
+    unsteered = _collect(model, processor, tasks, tmp_path / "unsteered", name)
+    for positions in ("generated", "all"):
+        steer = _steering(model, positions)
+        plain = _collect(model, processor, tasks, tmp_path / positions, name, steering=steer)
+        assert (plain["response"] != unsteered["response"]).any(), f"{positions}: no effect"
+        for speedups in (Speedups(share_prefix=True),
+                         Speedups(share_prefix=True, static_cache=True)):
+            caplog.clear()
+            engine._SAID.clear()  # the fallback is logged once per process: here once per run
+            with caplog.at_level(logging.WARNING, logger="ifl.collect.engine"):
+                fast = _collect(model, processor, tasks, tmp_path / f"{positions}-{speedups}",
+                                name, steering=steer, speedups=speedups)
+            pd.testing.assert_frame_equal(fast, plain, obj=f"{name} {positions} {speedups}")
+            assert ("prefix sharing off" in caplog.text) == (positions == "all")
 
 
 def test_prefix_is_computed_once_per_image(stand_ins, tasks):
