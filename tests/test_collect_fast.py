@@ -85,7 +85,8 @@ def test_compiled_decoding_equals_plain_path(stand_ins, tasks, tmp_path):
     busy 2-core CPU but ~45 s for the Gemma stand-in, too slow for the fast suite. BakLLaVA's
     Mistral config has a sliding window, whose static cache layer is guarded on its Python-int
     length, so dynamo recompiles at every step until its recompile limit and then runs the
-    step eagerly: same rows, no speed-up (docs/collect_at_scale.md)."""
+    step eagerly: same rows, no speed-up (docs/collect_at_scale.md; the next test: a model
+    after it is compiled again)."""
     from torch._dynamo.utils import counters
 
     name = "tiny-llava-1.5"
@@ -98,6 +99,27 @@ def test_compiled_decoding_equals_plain_path(stand_ins, tasks, tmp_path):
                         speedups=speedups)
         pd.testing.assert_frame_equal(fast, plain, obj=f"{name} {speedups}")
         assert counters["stats"]["calls_captured"] > 0, f"{speedups}: nothing was compiled"
+
+
+def test_a_second_model_is_compiled_too(tasks, tmp_path, monkeypatch):
+    """torch.compile's recompile limit counts per code object, and every model of a class runs
+    the same forward code: once one model (or its many batch shapes) used it up, a later model
+    in the same process (notebook 03's next model) would decode uncompiled, silently. The
+    engine resets the compiler when a new model starts compiled decoding. (The limit is set to
+    1 here so that two tiny models show it; the default, 8, is used up the same way.)"""
+    from torch._dynamo.utils import counters
+
+    from ifl.collect.synthetic import tiny_llava
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    speedups = Speedups(static_cache=True, compile=True)
+    text_only = tasks[tasks.task_id == "z-text"]
+    for seed in (0, 1):
+        counters.clear()
+        collect_responses(*tiny_llava(seed), text_only, model_name=f"m{seed}", template="llava_hf",
+                          max_new_tokens=3, batch_size=1, out_dir=tmp_path, progress=False,
+                          speedups=speedups)
+        assert counters["stats"]["calls_captured"] > 0, f"model {seed} was not compiled"
 
 
 def _steering(model, positions: str):
