@@ -248,6 +248,47 @@ class CollectSpeedups(Block):
         return self
 
 
+def _machines_field():
+    return Field(1, ge=1, le=1024, description=(
+        "nodes that collect together (accelerate launch --num_machines): run the same command "
+        "on each with its own machine_rank, on a shared output folder (docs/collect_at_scale.md)"))
+
+
+def _machine_rank_field():
+    return Field(0, ge=0, le=1023, description=(
+        "this node's rank among `machines` (--machine_rank): 0 on the main node; under SLURM "
+        "$SLURM_NODEID"))
+
+
+def _main_address_field():
+    return Field(None, description=(
+        "the main node's (machine_rank 0) address, IP or hostname (--main_process_ip); needed "
+        "when machines > 1"))
+
+
+def _main_port_field():
+    return Field(29500, ge=1, le=65535, description="a free port on the main node (--main_process_port)")
+
+
+# Every node runs the whole notebook; a collection that stays in the notebook's process would
+# then be written by every node at once into the same unsharded folder
+_IN_PROCESS_ON_NODES = (
+    "machines > 1 and the {what} ({key}): the {what} collects in the notebook's own process, "
+    "so every node would write the same responses folder at once. Set {key}={off} for the "
+    "multi-node run, and run the {what} on one node (machines: 1) before or after it "
+    "(docs/collect_at_scale.md)")
+
+
+def _check_machines(block: BaseModel, section: str) -> None:
+    """machine_rank within machines, and an address to meet at when there are several."""
+    if block.machine_rank >= block.machines:
+        raise ValueError(f"{section}.machine_rank={block.machine_rank} must be below "
+                         f"{section}.machines={block.machines} (ranks count from 0)")
+    if block.machines > 1 and not block.main_address:
+        raise ValueError(f"{section}.machines={block.machines} needs {section}.main_address: "
+                         "the address of the node with machine_rank 0")
+
+
 class CollectResponses(Block):
     """03_collect_responses: every model x task x condition, greedy, batched, resumable."""
     models: list[str] = Field(["variants"], min_length=1, description=(
@@ -273,6 +314,10 @@ class CollectResponses(Block):
         "ranks per machine: > 1 starts the collection with `accelerate launch`, one shard per "
         "rank on cuda:<local rank> (on the CPU where the device is cpu), merged when all are "
         "done; 1 = in this process (docs/collect_at_scale.md)"))
+    machines: int = _machines_field()
+    machine_rank: int = _machine_rank_field()
+    main_address: str | None = _main_address_field()
+    main_port: int = _main_port_field()
     speedups: CollectSpeedups = Field(default_factory=CollectSpeedups)
     precision_check: bool = Field(False, description=(
         "also collect a seeded sample of tasks in both NF4 and bf16 and report each one's IFL "
@@ -280,6 +325,14 @@ class CollectResponses(Block):
         "move the result?"))
     precision_check_items: int = Field(50, ge=2, description=(
         "parallel items in the precision check's sample (all languages of each)"))
+
+    @model_validator(mode="after")
+    def _machines_agree(self):
+        _check_machines(self, "03_collect_responses")
+        if self.machines > 1 and self.precision_check:
+            raise ValueError(_IN_PROCESS_ON_NODES.format(
+                key="03_collect_responses.precision_check", what="precision check", off="false"))
+        return self
 
 
 class ScoreLanguages(Block):
@@ -408,7 +461,19 @@ class Steering(Block):
     processes: int = Field(1, ge=1, le=1024, description=(
         "ranks per machine for the steered collection (as 03_collect_responses.processes; the "
         "layer sweep stays in this process)"))
+    machines: int = _machines_field()
+    machine_rank: int = _machine_rank_field()
+    main_address: str | None = _main_address_field()
+    main_port: int = _main_port_field()
     speedups: CollectSpeedups = Field(default_factory=CollectSpeedups)
+
+    @model_validator(mode="after")
+    def _machines_agree(self):
+        _check_machines(self, "07_steering")
+        if self.machines > 1 and self.sweep_depths:
+            raise ValueError(_IN_PROCESS_ON_NODES.format(
+                key="07_steering.sweep_depths", what="layer sweep", off="[]"))
+        return self
 
 
 # Current open VLMs beside the paper's four LLaVAs (notebook 08): short name -> hub id

@@ -1,7 +1,9 @@
 """One run at a time per run folder: a lock file `runs/<run>/.lock` holding the owner's pid.
 
 Two `./run_all.sh` on the same run name would redo the same work and write the same part
-files. The lock is created atomically (O_EXCL), removed when the runner exits (also on an error
+files. The exception is a collection on several nodes (`machines` > 1 in 03_collect_responses
+or 07_steering): each node runs the notebook on the shared run folder, and node r > 0 holds
+its own lock (`machine_lock_name`). The lock is created atomically (O_EXCL), removed when the runner exits (also on an error
 or Ctrl-C), and a lock left by a crashed or killed runner is stale when its pid no longer runs:
 the next run takes it over, saying so.
 
@@ -48,10 +50,10 @@ def _read(path: Path) -> dict:
         return {}  # half-written or unreadable: treated as stale below
 
 
-def acquire(run_dir: Path) -> Path:
-    """Take the lock of `run_dir` (created if needed) or raise RunLockedError."""
+def acquire(run_dir: Path, name: str = LOCK_FILE) -> Path:
+    """Take the lock `name` of `run_dir` (created if needed) or raise RunLockedError."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / LOCK_FILE
+    path = run_dir / name
     record = {"pid": os.getpid(), "host": socket.gethostname(),
               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}
     for _ in range(3):  # a stale lock removed by us or by a racing runner: try again
@@ -78,6 +80,16 @@ def acquire(run_dir: Path) -> Path:
     raise RunLockedError(f"could not take the lock {path}: other runs keep taking it")
 
 
+def machine_lock_name(machine_rank: int) -> str:
+    """The lock of node `machine_rank` of a multi-node collection: node 0 holds the run's own
+    lock (so no second ordinary run starts beside it), node r > 0 `.lock-machine-<r>`.
+
+    >>> machine_lock_name(0), machine_lock_name(1)
+    ('.lock', '.lock-machine-1')
+    """
+    return LOCK_FILE if machine_rank == 0 else f"{LOCK_FILE}-machine-{machine_rank}"
+
+
 def release(path: Path) -> None:
     """Remove the lock if it is still ours."""
     if _read(path).get("pid") == os.getpid():
@@ -85,10 +97,11 @@ def release(path: Path) -> None:
 
 
 @contextmanager
-def run_lock(run_dir: Path) -> Iterator[Path]:
+def run_lock(run_dir: Path, name: str = LOCK_FILE) -> Iterator[Path]:
     """Hold the lock of `run_dir` for the body (released on any exit but SIGKILL, after which
-    the next run finds the pid gone)."""
-    path = acquire(run_dir)
+    the next run finds the pid gone). `name`: another lock of the same folder (a multi-node
+    collection's other nodes each hold their own, `machine_lock_name`)."""
+    path = acquire(run_dir, name)
     try:
         yield path
     finally:

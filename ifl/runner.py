@@ -31,9 +31,9 @@ from pathlib import Path
 
 from ifl.params import (ParamsError, check_files, defaulted_blocks, dump, load_params,
                         notebook_parameters)
-from ifl.params_schema import Params
+from ifl.params_schema import Params, section
 from ifl.progress import Board, done_line, kernel_options
-from ifl.runlock import RunLockedError, run_lock
+from ifl.runlock import RunLockedError, machine_lock_name, run_lock
 from ifl.stage import STAGE_FILE, pipeline, prerequisites, write_text_atomic
 
 NOTEBOOK_DIR = Path("notebooks")
@@ -56,11 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         check_files(params, source=str(args.params), root=root, sections=["common", *selected])
         run_dir, rendered = _layout(params, root)
         check_writable(params, root)
+        node = machine_rank(params, selected)
     except ParamsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        with run_lock(run_dir):
+        if node:  # a multi-node collection's other node: its own lock and rendered notebooks
+            rendered = rendered / f"machine-{node}"
+        with run_lock(run_dir, machine_lock_name(node)):
             return _run(params, selected, args, root, run_dir, rendered)
     except RunLockedError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -295,6 +298,22 @@ def _check_prerequisites(params: Params, selected: list[str], root: Path) -> Non
                 raise ParamsError(
                     f"notebook {name} needs the outputs of {req_name}: {why}; "
                     f"run it first: ./run_all.sh <params> --only {req} (or use --from {req})")
+
+
+COLLECTING = ("03_collect_responses", "07_steering")  # the blocks with multi-node keys
+
+
+def machine_rank(params: Params, selected: list[str]) -> int:
+    """This node's rank in a multi-node collection of the selected notebooks (0: the main node,
+    or not multi-node). The selected collecting notebooks must agree on it."""
+    blocks = {name: section(params, name) for name in COLLECTING if name in selected}
+    ranks = {b.machine_rank for b in blocks.values() if b.machines > 1}
+    if len(ranks) > 1:
+        raise ParamsError("the selected notebooks collect on several nodes with different ranks ("
+                          + ", ".join(f"{name}.machine_rank={b.machine_rank}"
+                                      for name, b in blocks.items())
+                          + "): a node has one rank; run them separately (--only)")
+    return ranks.pop() if ranks else 0
 
 
 def _layout(params: Params, root: Path) -> tuple[Path, Path]:

@@ -132,15 +132,39 @@ def _loader_kwargs(row: Any, dtype: str, quantization: str) -> dict:
                 quantization=None if quantization == "none" else quantization)
 
 
+# How long a node whose ranks are done waits for the other nodes' rows (they end together:
+# torchrun's agents leave through a common exit barrier; this covers a slow shared file system)
+NODES_WAIT_S = 900
+MACHINE_KEYS = ("machines", "machine_rank", "main_address", "main_port")
+
+
+def machine_options(p: Any) -> dict:
+    """The multi-node keys of a collecting block (03_collect_responses, 07_steering), as
+    `collect_in_ranks` takes them."""
+    return {key: getattr(p, key) for key in MACHINE_KEYS}
+
+
+def launches(p: Any) -> bool:
+    """Whether a collecting block's collection runs in ranks started by `accelerate launch`:
+    more than one process on this node, or several nodes (even with one process each)."""
+    return p.processes * p.machines > 1
+
+
 def collect_in_ranks(row: Any, tasks: pd.DataFrame, *, processes: int, out_dir, dtype: str,
                      quantization: str, device: str, threads: int | None, collect: dict,
-                     steering=None, key: str = "processes") -> pd.DataFrame:
+                     steering=None, key: str = "processes", machines: int = 1,
+                     machine_rank: int = 0, main_address: str | None = None,
+                     main_port: int = 29500) -> pd.DataFrame:
     """A models-table row's responses to `tasks` from `processes` ranks started by `accelerate
     launch` (ifl.collect.launch): each loads the row's model on cuda:<local rank> (the CPU when
     `device` is cpu) and collects its shard; the merged rows are returned. `collect` holds
     collect_responses' keyword arguments; `steering` a picklable steering callable (its vector
     is handed to the ranks). A failed rank raises RankFailedError naming its log; a rerun does
-    only what is missing. `key` names the param in errors."""
+    only what is missing. `key` names the param in errors.
+
+    machines > 1: this node starts its `processes` ranks as node `machine_rank` of `machines`
+    meeting at main_address:main_port, and waits until the other nodes' rows are stored too
+    (`NODES_WAIT_S`), so every node's notebook goes on with all the rows."""
     import dataclasses
 
     import torch
@@ -158,7 +182,9 @@ def collect_in_ranks(row: Any, tasks: pd.DataFrame, *, processes: int, out_dir, 
                                 loader="ifl.models:load_llava",
                                 loader_kwargs=_loader_kwargs(row, dtype, quantization),
                                 steering=steering, device="cpu" if device == "cpu" else "auto",
-                                threads=threads if device == "cpu" else None)
+                                threads=threads if device == "cpu" else None, machines=machines,
+                                machine_rank=machine_rank, main_address=main_address,
+                                main_port=main_port, wait_s=NODES_WAIT_S if machines > 1 else 0)
 
 
 def sample_parallel_items(frame: pd.DataFrame, per_benchmark: int | None, seed: int) -> pd.DataFrame:

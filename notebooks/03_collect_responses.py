@@ -33,8 +33,9 @@
 # continues where it stopped and yields exactly the rows of an uninterrupted one. A model whose
 # responses are all stored is not loaded again. With `processes: N` (one per GPU) each model's
 # missing responses are collected by N ranks started with `accelerate launch`, one shard each,
-# and merged; `speedups` computes the image prefix once per image (`share_prefix`) or decodes
-# with a compiled step. See docs/collect_at_scale.md.
+# and merged (`machines`, `machine_rank`, `main_address`: the ranks of several nodes together);
+# `speedups` computes the image prefix once per image (`share_prefix`) or decodes with a
+# compiled step. See docs/collect_at_scale.md.
 #
 # **Choices where the paper is silent** (all params): the token limit (`max_new_tokens`; the
 # paper does not give it), the chat template per model (`ifl/models.yaml`: LLaVA-1.5 and BakLLaVA
@@ -69,6 +70,10 @@ dtype = "float32"
 quantization = "none"
 threads = 2
 processes = 1
+machines = 1
+machine_rank = 0
+main_address = None
+main_port = 29500
 speedups = {"share_prefix": False, "static_cache": False, "compile": False}
 precision_check = False
 precision_check_items = 50

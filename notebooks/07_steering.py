@@ -84,6 +84,10 @@ sweep_model = None
 sweep_tasks_per_cell = 10
 threads = 2
 processes = 1
+machines = 1
+machine_rank = 0
+main_address = None
+main_port = 29500
 speedups = {"share_prefix": False, "static_cache": False, "compile": False}
 
 # %%

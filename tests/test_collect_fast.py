@@ -1,6 +1,7 @@
 """Speedups of ifl.collect (prefix sharing, static KV cache, compiled decoding): the same greedy
 rows as the plain path, on the tiny stand-ins of the three hub classes (LLaVA-1.5 / Llama,
-BakLLaVA / Mistral, LLaVA-Gemma / Gemma), float32 on CPU.
+BakLLaVA / Mistral, LLaVA-Gemma / Gemma), float32 on CPU (compiled decoding on LLaVA-1.5's
+stand-in only: compiling is slow on a CPU).
 
 The task mix imitates the paper's: each image is asked in several languages (parallel tasks
 share the image, so their prompts share the prefix up to the image tokens), questions of
@@ -15,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ifl.collect import collect_responses
+from ifl.collect import collect_responses, engine
 from ifl.collect.engine import Item, generate_batch, measure, order
 from ifl.collect.options import Speedups
 from ifl.collect.prefix import plan
@@ -73,6 +74,85 @@ def test_speedups_equal_plain_path(stand_ins, tasks, tmp_path, name, caplog):
                             speedups=speedups)
         pd.testing.assert_frame_equal(fast, plain, obj=f"{name} {speedups}")
     assert "prefix sharing off" not in caplog.text  # the image comes first: shared every time
+
+
+def test_compiled_decoding_equals_plain_path(stand_ins, tasks, tmp_path):
+    """`compile` (a torch.compile'd decode step on the static cache), alone and after a shared
+    prefix, gives the plain path's rows, and really compiles (dynamo captured graphs; without
+    `compile_config`'s CPU switch transformers would run it eagerly and this would pass vacuously).
+
+    One hub class only: inductor compiles once per batch shape, ~10 s for tiny LLaVA-1.5 on a
+    busy 2-core CPU but ~45 s for the Gemma stand-in, too slow for the fast suite. BakLLaVA's
+    Mistral config has a sliding window, whose static cache layer is guarded on its Python-int
+    length, so dynamo recompiles at every step until its recompile limit and then runs the
+    step eagerly: same rows, no speed-up (docs/collect_at_scale.md; the next test: a model
+    after it is compiled again)."""
+    from torch._dynamo.utils import counters
+
+    name = "tiny-llava-1.5"
+    model, processor = load_llava(stand_ins[name], dtype="float32")
+    plain = _collect(model, processor, tasks, tmp_path / "plain", name)
+    for speedups in (Speedups(static_cache=True, compile=True),
+                     Speedups(share_prefix=True, static_cache=True, compile=True)):
+        counters.clear()
+        fast = _collect(model, processor, tasks, tmp_path / str(speedups), name,
+                        speedups=speedups)
+        pd.testing.assert_frame_equal(fast, plain, obj=f"{name} {speedups}")
+        assert counters["stats"]["calls_captured"] > 0, f"{speedups}: nothing was compiled"
+
+
+def test_a_second_model_is_compiled_too(tasks, tmp_path, monkeypatch):
+    """torch.compile's recompile limit counts per code object, and every model of a class runs
+    the same forward code: once one model (or its many batch shapes) used it up, a later model
+    in the same process (notebook 03's next model) would decode uncompiled, silently. The
+    engine resets the compiler when a new model starts compiled decoding. (The limit is set to
+    1 here so that two tiny models show it; the default, 8, is used up the same way.)"""
+    from torch._dynamo.utils import counters
+
+    from ifl.collect.synthetic import tiny_llava
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    speedups = Speedups(static_cache=True, compile=True)
+    text_only = tasks[tasks.task_id == "z-text"]
+    for seed in (0, 1):
+        counters.clear()
+        collect_responses(*tiny_llava(seed), text_only, model_name=f"m{seed}", template="llava_hf",
+                          max_new_tokens=3, batch_size=1, out_dir=tmp_path, progress=False,
+                          speedups=speedups)
+        assert counters["stats"]["calls_captured"] > 0, f"model {seed} was not compiled"
+
+
+def _steering(model, positions: str):
+    """A LanguageSteering with a random direction, large enough to change the tiny models'
+    greedy tokens (so a hook missing from the prefix path, or wrongly on it, shows)."""
+    from ifl.steer import LanguageSteering, default_layer
+
+    vector = 4.0 * torch.randn(model.config.get_text_config().hidden_size,
+                               generator=torch.Generator().manual_seed(0))
+    return LanguageSteering("de", default_layer(model), "test", 1.0, positions, vector)
+
+
+@pytest.mark.parametrize("name", HUB_CLASSES)
+def test_steered_rows_with_shared_prefix_equal_plain_path(stand_ins, tasks, tmp_path, name, caplog):
+    """Notebook 07's steered collection: with positions="generated" the vector is added from the
+    last prompt token on, which lies in the per-row suffix, so the shared prefix (prefilled
+    without the hook) is what the plain path computes there too; the rows are the same. With
+    positions="all" the prefix would be steered: the batch runs the plain path, same rows."""
+    model, processor = load_llava(stand_ins[name], dtype="float32")
+    unsteered = _collect(model, processor, tasks, tmp_path / "unsteered", name)
+    for positions in ("generated", "all"):
+        steer = _steering(model, positions)
+        plain = _collect(model, processor, tasks, tmp_path / positions, name, steering=steer)
+        assert (plain["response"] != unsteered["response"]).any(), f"{positions}: no effect"
+        for speedups in (Speedups(share_prefix=True),
+                         Speedups(share_prefix=True, static_cache=True)):
+            caplog.clear()
+            engine._SAID.clear()  # the fallback is logged once per process: here once per run
+            with caplog.at_level(logging.WARNING, logger="ifl.collect.engine"):
+                fast = _collect(model, processor, tasks, tmp_path / f"{positions}-{speedups}",
+                                name, steering=steer, speedups=speedups)
+            pd.testing.assert_frame_equal(fast, plain, obj=f"{name} {positions} {speedups}")
+            assert ("prefix sharing off" in caplog.text) == (positions == "all")
 
 
 def test_prefix_is_computed_once_per_image(stand_ins, tasks):

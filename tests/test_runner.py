@@ -398,3 +398,34 @@ def test_run_all_check_exits_0_offline(tmp_path):
                          cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert "lmsys/vicuna-7b-v1.5" in out.stdout and not (tmp_path / "out").exists()
+
+
+COLLECTOR = GOOD.replace('"01_translate_data"', '"03_collect_responses"')
+NODE_1 = ["-p", "03_collect_responses.machines=2", "-p", "03_collect_responses.machine_rank=1",
+          "-p", "03_collect_responses.main_address=node-a"]
+
+
+def test_the_other_node_of_a_multi_node_collection_runs_beside_the_main_one(project, capsys):
+    """Node 1 of `03_collect_responses.machines=2` runs on the run folder node 0 holds (its own
+    lock, its rendered notebooks under rendered/<run>/machine-1/); an ordinary second run, or
+    node 0 twice, is still refused; selected notebooks with different ranks are an error."""
+    from ifl.runlock import run_lock
+
+    (project / "notebooks/03_collect_responses.py").write_text(COLLECTOR)
+    for done in ("01_translate_data", "02_train_variants"):  # its prerequisites, finished
+        (project / "runs/t" / done).mkdir(parents=True)
+        (project / "runs/t" / done / "stage.json").write_text("{}")
+    with run_lock(project / "runs/t"):  # this process stands in for node 0, running
+        assert runner.main(["p.yaml", "--only", "03", *NODE_1]) == 0, capsys.readouterr().err
+        assert (project / "rendered/t/machine-1/03_collect_responses.ipynb").exists()
+        assert not (project / "runs/t/.lock-machine-1").exists()  # released when done
+        node_0 = [a.replace("machine_rank=1", "machine_rank=0") for a in NODE_1]
+        assert runner.main(["p.yaml", "--only", "03", *node_0]) == 2
+        assert "in use by another run" in capsys.readouterr().err
+    (project / "notebooks/07_steering.py").write_text(COLLECTOR)
+    (project / "runs/t/04_score_languages").mkdir(parents=True)
+    (project / "runs/t/04_score_languages/stage.json").write_text("{}")
+    assert runner.main(["p.yaml", "--only", "03,07", *NODE_1, "-p", "07_steering.machines=2",
+                        "-p", "07_steering.main_address=node-a"]) == 2  # 07 at rank 0
+    assert "different ranks (03_collect_responses.machine_rank=1, 07_steering.machine_rank=0)" \
+        in capsys.readouterr().err

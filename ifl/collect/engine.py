@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -158,6 +159,7 @@ def generate_batch(model, processor, items: list[Item], *, max_new_tokens: int,
         kwargs["cache_implementation"] = "static"
     if speedups.compile:
         kwargs["compile_config"] = compile_config(model.device)
+        _fresh_compiler_for(model)
     with torch.inference_mode():
         if shared is not None:  # unsteered: _share allows only steering of generated positions
             kwargs[generate_cache_kwarg()] = prefix.prefill(model, shared, static_len=static_len)
@@ -198,6 +200,26 @@ def _share(model, processor, items, inputs, speedups: Speedups, steering) -> pre
 
 
 _SAID: set[str] = set()
+
+
+_COMPILED_FOR: list = [None]  # a weak reference to the model compiled decoding last ran for
+
+
+def _fresh_compiler_for(model) -> None:
+    """Reset torch.compile when compiled decoding starts for another model than last time.
+
+    Its recompile limit (torch._dynamo.config.recompile_limit, 8) counts per code object, and
+    every model of a class runs the same forward code: without a reset, a model that used the
+    limit up (BakLLaVA's sliding-window cache recompiles at every token; any model with more
+    than 8 batch shapes) leaves the next model of the process decoding uncompiled, silently.
+    A weak reference, so a new model at a freed model's address is not taken for it."""
+    last = _COMPILED_FOR[0]
+    if last is not None and last() is model:
+        return
+    if last is not None:
+        torch._dynamo.reset()
+        log.info("compiled decoding: a new model, torch.compile's caches reset")
+    _COMPILED_FOR[0] = weakref.ref(model)
 
 
 class AdaptiveBatches:

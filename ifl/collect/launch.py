@@ -27,6 +27,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -65,7 +66,7 @@ def collect_in_processes(tasks: pd.DataFrame, *, processes: int, out_dir: str | 
                          machines: int = 1, machine_rank: int = 0, main_address: str | None = None,
                          main_port: int = 29500, threads: int | None = None,
                          pass_device: bool = True, accelerate_args: Sequence[str] = (),
-                         timeout: float | None = None) -> pd.DataFrame:
+                         timeout: float | None = None, wait_s: float = 0) -> pd.DataFrame:
     """Collect every missing response of `tasks` with `processes` ranks per machine; return the
     merged rows of all tasks (as `collect_responses` on one process would).
 
@@ -77,6 +78,9 @@ def collect_in_processes(tasks: pd.DataFrame, *, processes: int, out_dir: str | 
     device: "auto" (the rank's GPU, else CPU) or "cpu".
     machines, machine_rank, main_address, main_port: accelerate's multi-node options.
     threads: torch threads per rank (CPU runs).
+    wait_s: machines > 1: after this node's ranks are done, wait up to this long for the other
+        nodes' rows to be stored, then merge (0: return the rows stored so far at once; a
+        notebook, which goes on with the rows, waits: RankFailedError if they do not come).
     """
     if processes < 1:
         raise ValueError(f"processes must be >= 1, got {processes}")
@@ -133,9 +137,26 @@ def collect_in_processes(tasks: pd.DataFrame, *, processes: int, out_dir: str | 
     if run.returncode != 0:
         raise RankFailedError(f"accelerate launch exited {run.returncode} although every rank "
                               f"reported done: {shlex.join(cmd)}\n{run.stderr[-2000:]}")
-    if machines > 1 and not _all_stored(out_dir, name, expected):
+    if machines > 1 and not _wait_for_other_nodes(out_dir, name, expected, wait_s):
+        if wait_s:
+            raise RankFailedError(
+                f"{name}: this node's ranks are done, but after {wait_s:.0f} s the rows of the other "
+                f"nodes are still missing under {model_dir(out_dir, name)} (a node failed, or "
+                "does not share this output folder?); see their rank logs there. A rerun does "
+                "only what is missing.")
         return load_responses(out_dir, name)  # other nodes still running: merge later
     return merge_shards(out_dir, name, expected=expected)
+
+
+def _wait_for_other_nodes(out_dir, name, expected: pd.DataFrame, wait_s: float,
+                          poll_s: float = 10) -> bool:
+    """Whether every expected row is stored, checked until `wait_s` has passed."""
+    deadline = time.monotonic() + wait_s
+    while not _all_stored(out_dir, name, expected):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(min(poll_s, max(deadline - time.monotonic(), 0)))
+    return True
 
 
 def _expected(tasks: pd.DataFrame, collect: dict) -> pd.DataFrame:

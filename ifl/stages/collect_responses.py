@@ -5,7 +5,7 @@ variants notebook 02 trained for Table 4) answers every selected task in every c
 `ifl.collect.collect_responses`, which resumes after any interruption. A model whose responses
 are all stored is not even loaded again. With `processes` > 1 each model's missing responses
 are collected by that many ranks through `accelerate launch` (`ifl.runtime.collect_in_ranks`),
-merged, and read back the same way.
+merged, and read back the same way; with `machines` > 1 by the ranks of every node together.
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from ifl.collect import collect_responses, load_responses
 from ifl.collect.store import model_dir
 from ifl.models import model_info, template_for
 from ifl.params_schema import CollectResponses
-from ifl.runtime import (collect_in_ranks, cpu_threads, free_memory, load_model, run_template,
-                         sample_parallel_items, variant_template)
+from ifl.runtime import (collect_in_ranks, cpu_threads, free_memory, launches, load_model,
+                         machine_options, run_template, sample_parallel_items, variant_template)
 from ifl.stage import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -155,11 +155,11 @@ def collect_all(models: pd.DataFrame, tasks: pd.DataFrame, out_dir: Path, p: Col
             collect = dict(model_name=row.model, template=run_template(row),
                            conditions=list(p.conditions), max_new_tokens=p.max_new_tokens,
                            batch_size=p.batch_size, speedups=p.speedups.model_dump())
-            if todo and p.processes > 1:
+            if todo and launches(p):
                 df = collect_in_ranks(row, tasks, processes=p.processes, out_dir=out_dir,
                                       dtype=p.dtype, quantization=p.quantization, device=device,
                                       threads=p.threads, collect=collect,
-                                      key="03_collect_responses.processes")
+                                      key="03_collect_responses.processes", **machine_options(p))
             elif todo:
                 model, processor = load_model(row, dtype=p.dtype, quantization=p.quantization,
                                               device=device)

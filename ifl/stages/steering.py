@@ -8,8 +8,9 @@ per model x benchmark x language; a model's average is the unweighted mean over 
 the paper's Table 5 is the mean of the cells of its Tables 6-9.
 
 The steered collection runs in `processes` ranks through `accelerate launch` when that is > 1
-(one launch per language; the steering vector is handed to the ranks), with `speedups` either
-way; the layer sweep, a few items per cell, stays in this process.
+(or `machines` > 1: the ranks of every node together; one launch per language; the steering
+vector is handed to the ranks), with `speedups` either way; the layer sweep, a few items per
+cell, stays in this process.
 """
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from ifl import paper
 from ifl.findings import agrees_with
 from ifl.collect import collect_responses
 from ifl.params_schema import Steering
-from ifl.runtime import (collect_in_ranks, cpu_threads, free_memory, load_model, run_template,
-                         sample_parallel_items)
+from ifl.runtime import (collect_in_ranks, cpu_threads, free_memory, launches, load_model,
+                         machine_options, run_template, sample_parallel_items)
 from ifl.score import exact_fidelity, join_tasks, load_identifier_from, score_language
 from ifl.steer import LanguageSteering, default_layer, steering_vector
 
@@ -77,12 +78,13 @@ def steered_name(model: str, vec, p: Steering) -> str:
 
 
 def collect_steered(model, processor, row, tasks: pd.DataFrame, vecs: dict, p: Steering,
-                    out_dir: Path, progress: bool = True, *, processes: int = 1,
+                    out_dir: Path, progress: bool = True, *, in_ranks: bool = False,
                     device: str = "cpu") -> pd.DataFrame:
     """Steered image-condition responses for each language's tasks; `model` column = the
-    unsteered model's name, `steered_as` = the run's folder name. With `processes` > 1 each
-    language's run is collected by that many ranks (`accelerate launch`), each loading the
-    model itself and steering with the vector handed to it (`model` may then be None)."""
+    unsteered model's name, `steered_as` = the run's folder name. With `in_ranks` each
+    language's run is collected by p.processes ranks per node on p.machines nodes (`accelerate
+    launch`), each loading the model itself and steering with the vector handed to it (`model`
+    may then be None)."""
     frames = []
     for lang, vec in vecs.items():
         part = tasks[tasks["lang"] == lang]
@@ -93,10 +95,11 @@ def collect_steered(model, processor, row, tasks: pd.DataFrame, vecs: dict, p: S
         collect = dict(model_name=name, template=run_template(row), conditions=["image"],
                        max_new_tokens=p.max_new_tokens, batch_size=p.batch_size,
                        speedups=p.speedups.model_dump())
-        if processes > 1:
-            df = collect_in_ranks(row, part, processes=processes, out_dir=out_dir, dtype=p.dtype,
+        if in_ranks:
+            df = collect_in_ranks(row, part, processes=p.processes, out_dir=out_dir, dtype=p.dtype,
                                   quantization=p.quantization, device=device, threads=p.threads,
-                                  collect=collect, steering=steering, key="07_steering.processes")
+                                  collect=collect, steering=steering, key="07_steering.processes",
+                                  **machine_options(p))
         else:
             df = collect_responses(model, processor, part, out_dir=out_dir, progress=progress,
                                    steering=steering, **collect)
@@ -189,12 +192,12 @@ def steer_all(models: pd.DataFrame, scored: pd.DataFrame, tasks: pd.DataFrame, p
             vectors_dir.mkdir(parents=True, exist_ok=True)
             torch.save({lang: v.vector for lang, v in vecs.items()}, vectors_dir / f"{row.model}.pt")
             todo = steer_tasks(scored, tasks, row.model, langs, p.benchmarks, p.max_tasks_per_cell, seed)
-            if p.processes > 1:  # the ranks load their own copies: free this one's device first
+            if launches(p):  # the ranks load their own copies: free this one's device first
                 del model, processor
                 free_memory()
                 model = processor = None
             runs.append(collect_steered(model, processor, row, todo, vecs, p, responses_dir,
-                                        processes=p.processes, device=device))
+                                        in_ranks=launches(p), device=device))
             del model, processor
             free_memory()
     return pd.concat(runs, ignore_index=True), pd.concat(diagnostics, ignore_index=True), conventions
