@@ -509,6 +509,43 @@ def test_deepspeed_batch_fields_are_set_per_stage():
     assert config["zero_optimization"] == {"stage": 2} and config["gradient_clipping"] == 1.0
 
 
+def test_accelerator_writes_each_stages_batches_into_the_deepspeed_plugin(monkeypatch):
+    """_accelerator (the trainer's real set-up, not a copy) writes each stage's batch fields and
+    clipping into accelerate's DeepSpeed plugin config. DeepSpeed is not installed here: the
+    Accelerator is replaced by one that reports DEEPSPEED on 8 processes and, like accelerate,
+    keeps ONE process-wide state whose plugin config every stage shares."""
+    import types
+
+    import accelerate
+    from ifl.train import loop
+
+    plugin = types.SimpleNamespace(deepspeed_config={
+        "train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto", "zero_optimization": {"stage": 2}})
+    shared_state = types.SimpleNamespace(deepspeed_plugin=plugin)
+
+    class DeepSpeedAccelerator:
+        num_processes = 8
+        distributed_type = types.SimpleNamespace(name="DEEPSPEED")
+        state = shared_state
+
+        def __init__(self):
+            self.gradient_accumulation_steps = 1
+
+    monkeypatch.setattr(accelerate, "Accelerator", DeepSpeedAccelerator)
+    config = plugin.deepspeed_config
+    # stage 1 (pretrain.sh: 256 = 32 x 1 x 8), stage 2 (finetune.sh: 128 = 16 x 1 x 8), then
+    # a stage that accumulates (128 = 4 x 4 x 8)
+    for global_batch, micro, want_accum in ((256, 32, 1), (128, 16, 1), (128, 4, 4)):
+        accelerator, accum, world_size, *_ = loop._accelerator(global_batch, micro, max_grad_norm=1.0)
+        assert (accum, world_size, accelerator.gradient_accumulation_steps) == (want_accum, 8, want_accum)
+        assert (config["train_batch_size"], config["train_micro_batch_size_per_gpu"],
+                config["gradient_accumulation_steps"]) == (global_batch, micro, want_accum)
+    assert config["gradient_clipping"] == 1.0 and config["zero_optimization"] == {"stage": 2}
+    loop._accelerator(128, 16, max_grad_norm=None)
+    assert config["gradient_clipping"] == 0.0   # no clipping: DeepSpeed's off value
+
+
 def test_bf16_projector_moves_at_small_lr(world, tmp_path):
     """Adam moves each weight by ~lr: at 2e-5 a bf16 weight of ~0.05 (spacing ~2e-4) would not
     move; the fp32 master copy must, and the saved model is bf16 again."""
