@@ -417,6 +417,24 @@ def test_command_line(world, tmp_path):
     assert done["stage1"]["format"] == "plain" and done["stage2"]["lr"] == 5e-4
 
 
+def test_command_line_on_the_papers_manifest_takes_its_image_folders(world, tmp_path):
+    """Notebook 01's paper manifest names records only (LCS-558K's images and playground/data
+    are separate folders): the manual route is given them as options, as notebook 02 does."""
+    from ifl.train.__main__ import main
+    paper_manifest = {k: v for k, v in world["manifest"].items() if k != "image_folder"}
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps(paper_manifest))
+    r = world["root"]
+    small = ["global_batch=4", "micro_batch=4", "max_steps=1", "max_length=64"]
+    args = ["--variant", "vicuna-clip-en", "--llm", str(r / "llm"), "--vision", str(r / "clip"),
+            "--tokenizer", str(r / "tok"), "--manifest", str(manifest), "--out", str(tmp_path / "out"),
+            "--stage1", *small, "--stage2", *small]
+    with pytest.raises(ValueError, match="records have images but no image folder is given"):
+        main(args)
+    main(args + ["--pretrain-image-folder", str(r / "images"), "--instruct-image-folder", str(r / "images")])
+    assert (tmp_path / "out/vicuna-clip-en/DONE").exists()
+
+
 DDP_SCRIPT = """
 import json, sys, torch
 torch.set_num_threads(1)
