@@ -222,6 +222,12 @@ class TrainVariants(Block):
         "false: training stops before it starts when a record's image is missing (count and "
         "first paths named); true: such records are left out, counted in images.json and "
         "the variants table"))
+    processes: int = Field(1, ge=1, le=1024, description=(
+        "paper world: ranks per variant (one per GPU). > 1 trains each variant with `accelerate "
+        "launch --num_processes N -m ifl.train` (DeepSpeed ZeRO-2, ifl/train/deepspeed_zero2.yaml, "
+        "when training is full on CUDA; DDP otherwise), its log in <variant>/launch.log; "
+        "global batches stay by accumulation (global = micro x accumulation x N); "
+        "1 = in this process"))
 
 
 def _default_llava_sources() -> dict[str, str]:

@@ -230,8 +230,10 @@ def test_paper_files_state_their_hardware():
     train, collect = paper.train_variants, paper.collect_responses
     assert (train.training, rates(train).stage2, collect.quantization) == ("full", 2e-5, "none")
     assert paper.steering.quantization == "none" and not collect.precision_check
+    assert paper.train_variants.processes == 8   # one 8-GPU node, a rank per GPU
     train, collect = one_gpu.train_variants, one_gpu.collect_responses
     assert (train.training, collect.quantization) == ("qlora", "4bit")
+    assert train.processes == 1
     assert (rates(train).stage2, rates(train).projector) == (2e-4, 2e-5)
     assert collect.batch_size == one_gpu.steering.batch_size == 32
     assert collect.precision_check
