@@ -222,6 +222,12 @@ class TrainVariants(Block):
         "false: training stops before it starts when a record's image is missing (count and "
         "first paths named); true: such records are left out, counted in images.json and "
         "the variants table"))
+    processes: int = Field(1, ge=1, le=1024, description=(
+        "paper world: ranks per variant (one per GPU). > 1 trains each variant with `accelerate "
+        "launch --num_processes N -m ifl.train` (DeepSpeed ZeRO-2, ifl/train/deepspeed_zero2.yaml, "
+        "when training is full on CUDA; DDP otherwise), its log in <variant>/launch.log; "
+        "global batches stay by accumulation (global = micro x accumulation x N); "
+        "1 = in this process"))
 
 
 def _default_llava_sources() -> dict[str, str]:
@@ -325,6 +331,31 @@ class CollectResponses(Block):
         "move the result?"))
     precision_check_items: int = Field(50, ge=2, description=(
         "parallel items in the precision check's sample (all languages of each)"))
+    precision_check_models: list[str] | None = Field(None, description=(
+        "off-the-shelf models (names in `models`) the precision check collects in NF4 and "
+        "bf16; null = every one. A model whose bf16 weights do not fit the GPU cannot be "
+        "checked (llava-1.5-13b needs ~26 GB in bf16)"))
+    precision_check_batch_size: int | None = Field(None, ge=1, le=4096, description=(
+        "batch of the check's bf16 pass (bf16 activations and weights need more memory than "
+        "NF4's); null = batch_size. Halved on CUDA out-of-memory as any batch"))
+    precision_check_identifier: Literal["auto", "glotlid", "fallback"] = Field("auto", description=(
+        "the check's language identifier, chosen by notebook 04's rule "
+        "(04_score_languages.identifier): glotlid = GlotLID v3 or an error, auto = GlotLID "
+        "else lid.176 with a warning, fallback = lid.176"))
+    precision_check_glotlid_source: Source = Field("cis-lmu/glotlid", description=(
+        "GlotLID v3 of the check: hub repo (file model_v3.bin) or a local model_v3.bin, as "
+        "04_score_languages.glotlid_source"))
+    precision_check_glotlid_revision: Revision = None
+
+    @model_validator(mode="after")
+    def _checked_models_are_collected(self):
+        listed = [m for m in self.models if m != "variants"]
+        unknown = [m for m in self.precision_check_models or [] if m not in listed]
+        if unknown:
+            raise ValueError(f"precision_check_models names {unknown}, which are not off-the-shelf "
+                             f"models of `models` ({listed or 'none'}): the check re-collects "
+                             "models that notebook 03 collects")
+        return self
 
     @model_validator(mode="after")
     def _machines_agree(self):

@@ -87,6 +87,20 @@ def _dataset_need(used_by: str, name: str, source: str, revision: str | None) ->
     return HubNeed(used_by, source, "dataset", revision, files, command)
 
 
+def _glotlid_uses(params: Params, selected: list[str]) -> list[tuple[str, str, str, str | None]]:
+    """(source key, identifier kind, source, revision) of every selected notebook that loads a
+    language identifier by notebook 04's rule: 04 itself, and 03 when its precision check is on."""
+    uses = []
+    s, c = params.score_languages, params.collect_responses
+    if "04_score_languages" in selected:  # first: a repo needed twice is listed under 04's key
+        uses.append(("04_score_languages.glotlid_source", s.identifier, s.glotlid_source,
+                     s.glotlid_revision))
+    if "03_collect_responses" in selected and c.precision_check:
+        uses.append(("03_collect_responses.precision_check_glotlid_source", c.precision_check_identifier,
+                     c.precision_check_glotlid_source, c.precision_check_glotlid_revision))
+    return uses
+
+
 def hub_needs(params: Params, selected: list[str]) -> tuple[list[HubNeed], list[tuple[str, str]]]:
     """(hub repositories, local paths as (used_by, path)) that the selected notebooks read."""
     from ifl.langid import GLOTLID_FILE, GLOTLID_REPO, GLOTLID_REVISION
@@ -136,14 +150,14 @@ def hub_needs(params: Params, selected: list[str]) -> tuple[list[HubNeed], list[
                 key = f"{sec}.model_sources.{name}"
                 source(key, value, lambda k=key, s=value, n=name: _model_need(
                     k, s, revisions.get(n)))
-    if "04_score_languages" in selected and params.score_languages.identifier != "fallback":
-        s = params.score_languages
-        key = "04_score_languages.glotlid_source"
-        revision = s.glotlid_revision or GLOTLID_REVISION
-        if is_local(s.glotlid_source):
-            local.append((key, s.glotlid_source))
+    for key, kind, value, revision in _glotlid_uses(params, selected):
+        if kind == "fallback":
+            continue
+        revision = revision or GLOTLID_REVISION
+        if is_local(value):
+            local.append((key, value))
         else:
-            repo = s.glotlid_source or GLOTLID_REPO
+            repo = value or GLOTLID_REPO
             needs.append(HubNeed(key, repo, "model", revision, (GLOTLID_FILE,),
                                  f"hf download {repo} {GLOTLID_FILE} --revision {revision}"))
     return needs, local

@@ -101,6 +101,7 @@ lora_r = 128
 lora_alpha = 256
 gradient_checkpointing = True
 skip_missing_images = False
+processes = 1
 
 # %%
 import json
@@ -169,7 +170,10 @@ print(f"{len(space)} variants")
 # %% [markdown]
 # ## Training
 # Each variant runs stage 1 then stage 2; finished variants are read back, an interrupted one
-# resumes from its last checkpoint.
+# resumes from its last checkpoint. With `processes: N` (paper world, one rank per GPU) each
+# variant is trained by N ranks started with `accelerate launch ... -m ifl.train` (the command
+# a person would type: ifl/train/__main__.py), under DeepSpeed ZeRO-2 for the full fine-tune,
+# and read back here; its log is `<variant>/launch.log`.
 
 # %%
 trained = stage02.train_all(p, common.world, llm_paths, vision_paths, manifest,

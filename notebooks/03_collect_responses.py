@@ -77,6 +77,11 @@ main_port = 29500
 speedups = {"share_prefix": False, "static_cache": False, "compile": False}
 precision_check = False
 precision_check_items = 50
+precision_check_models = None
+precision_check_batch_size = None
+precision_check_identifier = "auto"
+precision_check_glotlid_source = "cis-lmu/glotlid"
+precision_check_glotlid_revision = None
 
 # %%
 import matplotlib.pyplot as plt
@@ -124,19 +129,17 @@ display(timing)
 
 # %% [markdown]
 # ## Precision check (params `precision_check`)
-# A seeded sample of tasks collected again in both NF4 and bf16 by every off-the-shelf model:
+# A seeded sample of tasks collected again in both NF4 and bf16 by the off-the-shelf models of
+# `precision_check_models` (those whose bf16 weights fit the GPU), scored by the identifier of
+# `precision_check_identifier` (notebook 04's rule):
 # IFL (fidelity with the image minus with the text, by the language identifier) for each
 # precision and their difference, with 95% cluster-bootstrap intervals over parallel items.
 # An interval of the difference far from 0 means 4-bit moved the result.
 
 # %%
 if p.precision_check:
-    from ifl.collect.precision import run_check
-    from ifl.langid import load_identifier
-    check = run_check(models[models["kind"] == "llava"], tasks, stage.dir / "precision_check",
-                      n_items=p.precision_check_items, seed=common.seed, device=device,
-                      dtype="bfloat16", predict=load_identifier().predict,
-                      max_new_tokens=p.max_new_tokens, batch_size=p.batch_size, progress=False)
+    check = stage03.precision_check(models, tasks, stage.dir / "precision_check", p,
+                                    seed=common.seed, device=device)
     stage.write_table(check, "precision_check")
     display(check.round(3))
 

@@ -203,11 +203,9 @@ print(stage05.language_text(by_lang))
 # ## Table 4: which design choice moves IFL?
 
 # %%
-t4 = regress.table4(scored, p, seed=common.seed)
+t4, alt, literal = stage05.table4_fits(scored, p, seed=common.seed)  # literal: the paper's equation
 stage.write_table(t4, "table4")
-alt = regress.table4(scored, p, seed=common.seed, main_effects=not p.main_effects)
 stage.write_table(alt, "table4_other_specification")
-literal = alt if p.main_effects else t4  # the paper's equation: Image and Image x factor only
 beside = stage05.table4_beside_paper(literal)
 stage.write_table(beside, "table4_vs_paper")
 stage.save_figure(figures.table4_plot(t4, level=p.level), "05_table4_design_effects")

@@ -173,9 +173,29 @@ def test_table4_terms_and_signs_match_the_paper_convention(data):
         < dsl.loc[("German", "LLM"), "ci_high"]
     literal = regress.table4(data, FAST, seed=0, outcomes=("fidelity",), main_effects=False)
     assert not {"LLM", "VE", "Data"} & set(literal["term"])  # the paper's equation: interactions only
-    beside = stage05.table4_beside_paper(t4)
+
+
+@pytest.mark.parametrize("main_effects", [True, False])
+def test_the_papers_literal_specification_is_the_one_beside_the_paper(data, main_effects):
+    """table4_vs_paper sets the fit WITHOUT main effects beside the paper's numbers, whatever
+    `main_effects` chose for table4.csv; a fit with main effects is refused there."""
+    p = FAST.model_copy(update={"main_effects": main_effects})
+    fits = stage05.table4_fits(data, p, seed=0, outcomes=("fidelity",))
+    with_mains, without = (fits.ours, fits.other) if main_effects else (fits.other, fits.ours)
+    assert {"LLM", "VE", "Data"} <= set(with_mains["term"])
+    assert fits.literal is without
+    beside = stage05.table4_beside_paper(fits.literal)
     assert len(beside) == 6 and beside.loc[0, "fidelity_paper"] == 0.17
-    assert beside.loc[0, "fidelity_dsl"] == dsl.loc[("Chinese", "LLM"), "estimate"]
+    literal = stage05.dsl_factor_rows(without)
+    mains = stage05.dsl_factor_rows(with_mains)
+    for i, row in beside.iterrows():
+        key = (row["language_set"], row["row"])
+        assert row["fidelity_dsl"] == literal.loc[key, "estimate"]
+    # the two specifications' interactions differ, so the check above can tell them apart
+    assert not np.allclose(beside["fidelity_dsl"], [mains.loc[(r.language_set, r.row), "estimate"]
+                                                    for r in beside.itertuples()])
+    with pytest.raises(ValueError, match="has the main effects"):
+        stage05.table4_beside_paper(with_mains)
 
 
 def test_table4_with_too_few_labels_or_missing_factor_is_noted(data):

@@ -241,11 +241,19 @@ def test_paper_files_state_their_hardware():
     train, collect = paper.train_variants, paper.collect_responses
     assert (train.training, rates(train).stage2, collect.quantization) == ("full", 2e-5, "none")
     assert paper.steering.quantization == "none" and not collect.precision_check
+    assert paper.train_variants.processes == 8   # one 8-GPU node, a rank per GPU
     train, collect = one_gpu.train_variants, one_gpu.collect_responses
     assert (train.training, collect.quantization) == ("qlora", "4bit")
+    assert train.processes == 1
     assert (rates(train).stage2, rates(train).projector) == (2e-4, 2e-5)
     assert collect.batch_size == one_gpu.steering.batch_size == 32
     assert collect.precision_check
+    # bf16 weights of llava-1.5-13b (~26 GB) cannot load on the 24 GB card: the check skips it,
+    # and its bf16 pass runs at a batch that fits (7B bf16 at 16: 19.2 GiB)
+    off_the_shelf = {m for m in collect.models if m != "variants"}
+    assert set(collect.precision_check_models) == off_the_shelf - {"llava-1.5-13b"}
+    assert collect.precision_check_batch_size == 16 < collect.batch_size
+    assert collect.precision_check_identifier == "glotlid"
     for params in (paper, one_gpu):
         assert params.score_languages.identifier == "glotlid"
     header = Path("params/paper-1gpu.yaml").read_text().split("common:")[0]

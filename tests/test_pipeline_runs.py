@@ -21,6 +21,7 @@ def test_paper_smoke_differs_from_paper_only_in_stand_ins():
                ("04_score_languages", "identifier"),  # no GlotLID among the stand-ins
                ("03_collect_responses", "max_new_tokens"), ("07_steering", "max_new_tokens"),
                ("03_collect_responses", "precision_check"),  # covered by test_precision_check.py
+               ("03_collect_responses", "precision_check_identifier"),  # as 04's identifier
                ("07_steering", "steer_languages"), ("07_steering", "sweep_depths"),
                ("08_beyond_llava", "max_new_tokens"), ("08_beyond_llava", "n_per_language"),
                ("08_beyond_llava", "identifier"),

@@ -53,3 +53,66 @@ def test_precision_check_on_a_tiny_stand_in(tmp_path):
     assert (table["n_items"] == 4).all()
     again = ifl_by_precision(responses, sample, predict, n_boot=200, seed=0)
     pd.testing.assert_frame_equal(table, again)
+
+
+def test_the_check_collects_only_the_chosen_models_at_their_batch_sizes(tmp_path, monkeypatch):
+    """Notebook 03's check (stage03.precision_check): only `precision_check_models`, loaded by
+    ifl.runtime.load_model (a NaN revision of a table reaches the loader as None), the bf16
+    pass at `precision_check_batch_size`, scored by the identifier the params name."""
+    pytest.importorskip("bitsandbytes")
+    import ifl.collect.precision as precision
+    import ifl.models
+    from ifl.params_schema import CollectResponses
+    from ifl.stages import collect_responses as stage03
+
+    folder = write_tiny_llava_models(tmp_path / "smoke")["tiny-llava-1.5"]
+    models = pd.DataFrame([dict(model=name, kind="llava", source=str(folder), revision=np.nan,
+                                template=template_for(folder).name, image_first=True)
+                           for name in ("small", "too-big")])
+    p = CollectResponses(models=["small", "too-big"], model_sources={}, max_new_tokens=3,
+                         batch_size=5, precision_check_models=["small"],
+                         precision_check_batch_size=3, precision_check_items=3,
+                         precision_check_identifier="fallback")
+    real_load, real_collect = ifl.models.load_llava, precision.collect_responses
+    loads, batches = [], {}
+
+    def load_llava(source, *, revision=None, **kwargs):
+        loads.append((source, revision))
+        return real_load(source, revision=revision, **kwargs)
+
+    def collect_responses(*args, model_name, batch_size, **kwargs):
+        batches[model_name] = batch_size
+        return real_collect(*args, model_name=model_name, batch_size=batch_size, **kwargs)
+
+    monkeypatch.setattr(ifl.models, "load_llava", load_llava)
+    monkeypatch.setattr(precision, "collect_responses", collect_responses)
+    table = stage03.precision_check(models, _tasks(), tmp_path / "check", p, seed=0, device="cpu")
+    assert set(table["model"]) == {"small"}
+    assert loads == [(str(folder), None), (str(folder), None)]   # NF4, then bf16
+    assert batches == {"small@nf4": 5, "small@bf16": 3}
+    assert table["identifier"].str.contains("lid.176").all()
+
+
+def test_the_check_identifier_follows_notebook_04s_rule(tmp_path):
+    """identifier: glotlid is GlotLID or an error (never a silent lid.176), as in notebook 04."""
+    from ifl.params_schema import CollectResponses
+    from ifl.stages.collect_responses import precision_identifier
+
+    missing = str(tmp_path / "nowhere" / "model_v3.bin")
+    with pytest.raises(FileNotFoundError, match="GlotLID v3 is not available"):
+        precision_identifier(CollectResponses(precision_check_identifier="glotlid",
+                                              precision_check_glotlid_source=missing))
+    with pytest.warns(UserWarning, match="fallback"):
+        auto = precision_identifier(CollectResponses(precision_check_identifier="auto",
+                                                     precision_check_glotlid_source=missing))
+    assert auto.is_fallback
+
+
+def test_checked_models_must_be_collected_models(tmp_path):
+    from ifl.params import ParamsError, load_params
+
+    path = tmp_path / "p.yaml"
+    path.write_text("03_collect_responses:\n  models: [llava-1.5-7b, variants]\n"
+                    "  precision_check_models: [llava-1.5-13b]\n")
+    with pytest.raises(ParamsError, match=r"precision_check_models names \['llava-1.5-13b'\]"):
+        load_params(path)

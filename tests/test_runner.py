@@ -392,8 +392,32 @@ def test_check_on_paper_smoke_and_a_bad_key(empty_hub_cache, tmp_path, capsys):
     assert "unknown key (did you mean 'batch_size'?)" in capsys.readouterr().err
 
 
-def test_run_all_check_exits_0_offline(tmp_path):
-    out = subprocess.run([str(REPO / "run_all.sh"), "params/paper.yaml", "--check", "-p",
+def test_check_on_paper_1gpu_lists_what_must_be_downloaded(empty_hub_cache, tmp_path, capsys):
+    """The one-GPU route's pre-run check: valid offline, and every download it needs is listed,
+    GlotLID included when only notebook 03 (its precision check, strict GlotLID) is selected."""
+    out_root = tmp_path / "out"
+    assert runner.main(["params/paper-1gpu.yaml", "--check", "-p", f"common.output_root={out_root}"]) == 0
+    out = capsys.readouterr().out
+    assert "would run: 01_translate_data, 02_train_variants, 03_collect_responses" in out
+    for hub_id in ("lmsys/vicuna-7b-v1.5", "llava-hf/llava-1.5-13b-hf", "Intel/llava-gemma-2b",
+                   "facebook/nllb-200-distilled-1.3B"):
+        assert f"hf download {hub_id}" in out, hub_id
+    assert "hf download cis-lmu/glotlid model_v3.bin --revision" in out
+    assert "MISSING   ./data/LLaVA-Pretrain/images" in out
+    assert not out_root.exists()
+    from ifl.params import load_params
+    from ifl.precheck import hub_needs
+    params = load_params("params/paper-1gpu.yaml")
+    needs, _ = hub_needs(params, ["03_collect_responses"])
+    glotlid = [n for n in needs if n.repo_id == "cis-lmu/glotlid"]
+    assert [n.used_by for n in glotlid] == ["03_collect_responses.precision_check_glotlid_source"]
+    params.collect_responses.precision_check_identifier = "fallback"  # lid.176 ships on PyPI
+    assert not [n for n in hub_needs(params, ["03_collect_responses"])[0] if n.repo_id == "cis-lmu/glotlid"]
+
+
+@pytest.mark.parametrize("params", ["params/paper.yaml", "params/paper-1gpu.yaml"])
+def test_run_all_check_exits_0_offline(tmp_path, params):
+    out = subprocess.run([str(REPO / "run_all.sh"), params, "--check", "-p",
                           f"common.output_root={tmp_path / 'out'}"], capture_output=True, text=True,
                          cwd=REPO)
     assert out.returncode == 0, out.stderr

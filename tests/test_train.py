@@ -417,6 +417,24 @@ def test_command_line(world, tmp_path):
     assert done["stage1"]["format"] == "plain" and done["stage2"]["lr"] == 5e-4
 
 
+def test_command_line_on_the_papers_manifest_takes_its_image_folders(world, tmp_path):
+    """Notebook 01's paper manifest names records only (LCS-558K's images and playground/data
+    are separate folders): the manual route is given them as options, as notebook 02 does."""
+    from ifl.train.__main__ import main
+    paper_manifest = {k: v for k, v in world["manifest"].items() if k != "image_folder"}
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps(paper_manifest))
+    r = world["root"]
+    small = ["global_batch=4", "micro_batch=4", "max_steps=1", "max_length=64"]
+    args = ["--variant", "vicuna-clip-en", "--llm", str(r / "llm"), "--vision", str(r / "clip"),
+            "--tokenizer", str(r / "tok"), "--manifest", str(manifest), "--out", str(tmp_path / "out"),
+            "--stage1", *small, "--stage2", *small]
+    with pytest.raises(ValueError, match="records have images but no image folder is given"):
+        main(args)
+    main(args + ["--pretrain-image-folder", str(r / "images"), "--instruct-image-folder", str(r / "images")])
+    assert (tmp_path / "out/vicuna-clip-en/DONE").exists()
+
+
 DDP_SCRIPT = """
 import json, sys, torch
 torch.set_num_threads(1)
@@ -455,6 +473,103 @@ def test_two_processes_equal_one(world, tmp_path):
     b = load_file(single.model_dir / "model.safetensors")
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
+
+
+def test_notebook_02_trains_a_variant_with_two_processes(world, tmp_path, monkeypatch):
+    """02_train_variants.processes: 2 ranks through `accelerate launch ... -m ifl.train` (DDP on
+    the CPU) train the variant on a paper-style manifest (image folders given apart, as
+    notebook 01 leaves them out); the weights match one process accumulating, a rerun reads it
+    back without launching, and a failed launch names its log."""
+    import shutil
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    import ifl.train.launch as launch
+    from ifl.params_schema import TrainVariants
+    from ifl.stages import train_variants as stage02
+    from ifl.train.launch import TrainLaunchError
+
+    r = world["root"]
+    llm = tmp_path / "vicuna"   # an LLM folder with its tokenizer, as a hub checkpoint has
+    shutil.copytree(r / "llm", llm)
+    for f in (r / "tok").iterdir():
+        shutil.copy(f, llm / f.name)
+    manifest = {"en": world["manifest"]["en"],
+                "image_folders": {"pretrain": str(r / "images"), "instruct": str(r / "images")}}
+    small = dict(llms=["vicuna"], visions=["clip"], data_languages=["en"], training="full",
+                 dtype="float32", stage1_lr=1e-2, stage2_lr=1e-2, max_length=64, save_every=1,
+                 gradient_checkpointing=False, threads=1,
+                 **{f"stage{i}_{k}": v for i in (1, 2)
+                    for k, v in (("global_batch", 4), ("micro_batch", 1), ("max_steps", 2))})
+
+    def train(processes, out):
+        return stage02.train_all(TrainVariants(processes=processes, **small), "paper",
+                                 {"vicuna": str(llm)}, {"clip": str(r / "clip")}, manifest, out,
+                                 device="cpu", seed=0)
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    two = train(2, tmp_path / "two")
+    assert len(two) == 1 and two["stage2_final_loss"].notna().all()
+    log = tmp_path / "two/vicuna-clip-en/launch.log"
+    assert "--num_processes 2" in log.read_text() and "--instruct-image-folder" in log.read_text()
+    assert json.loads((tmp_path / "two/vicuna-clip-en/stage2/result.json").read_text())["processes"] == 2
+    one = train(1, tmp_path / "one")
+    a = load_file(Path(two["model_dir"].iloc[0]) / "model.safetensors")
+    b = load_file(Path(one["model_dir"].iloc[0]) / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-5)
+
+    def no_launch(*args, **kwargs):
+        raise AssertionError("a trained variant was launched again")
+    monkeypatch.setattr(launch, "launch_training", no_launch)
+    again = train(2, tmp_path / "two")
+    assert bool(again["cached"].iloc[0])
+    monkeypatch.undo()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    missing = tmp_path / "no-tower"
+    with pytest.raises(TrainLaunchError, match="vicuna-clip-en/launch.log") as err:
+        stage02.train_all(TrainVariants(processes=2, **small), "paper", {"vicuna": str(llm)},
+                          {"clip": str(missing)}, manifest, tmp_path / "broken", device="cpu", seed=0)
+    assert "A rerun resumes" in str(err.value)
+
+
+@pytest.mark.parametrize("training, device, deepspeed", [("full", "cuda", True),
+                                                       ("qlora", "cuda", False), ("full", "cpu", False)])
+def test_launched_training_uses_deepspeed_for_the_full_fine_tune_on_cuda(tmp_path, monkeypatch,
+                                                                        training, device, deepspeed):
+    """paper.yaml (full, 8 GPUs): ZeRO-2 from ifl/train/deepspeed_zero2.yaml; QLoRA and the CPU: DDP."""
+    import ifl.train.launch as launch
+    from ifl.params_schema import TrainVariants
+    from ifl.stages import train_variants as stage02
+    from ifl.train.launch import DEEPSPEED_ZERO2, TrainLaunchError, accelerate_train_command
+
+    seen = {}
+    monkeypatch.setattr(launch, "launch_training", lambda cli, **kw: seen.update(kw, cli=cli))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    p = TrainVariants(processes=8, training=training, llms=["vicuna"], visions=["clip"],
+                      data_languages=["en"])
+    stage1, stage2 = stage02.stage_settings(p, "paper")
+    spec = stage02.specs(p)[0]
+    with pytest.raises(TrainLaunchError, match="ended without vicuna-clip-en trained"):
+        stage02.launch_variant(spec, p, "llm", "clip", {"en": {}, "image_folders": {"pretrain": "a"}},
+                               tmp_path, stage1, stage2, None, device=device, seed=0)
+    assert (seen["processes"], seen["deepspeed"], seen["cpu"]) == (8, deepspeed, device == "cpu")
+    assert seen["cli"][seen["cli"].index("--pretrain-image-folder") + 1] == "a"
+    cmd = accelerate_train_command(["--variant", "x"], processes=8, deepspeed=deepspeed, port=1)
+    assert cmd[cmd.index("--num_processes") + 1] == "8" and cmd[-4:] == ["-m", "ifl.train", "--variant", "x"]
+    assert (str(DEEPSPEED_ZERO2) in cmd) == deepspeed and ("--multi_gpu" in cmd) != deepspeed
+
+
+def test_a_stages_settings_survive_the_command_line():
+    """The ranks rebuild both stages' settings from --stage1/--stage2 exactly: the variant's
+    recipe (DONE) is the caller's, so the caller reads the launched variant back."""
+    import ifl.train.__main__ as cli
+    from ifl.train.launch import settings_pairs
+    settings = StageSettings.llava_stage2(micro_batch=3, lr=2e-5, max_steps=None, save_every=None,
+                                          gradient_checkpointing=True, max_grad_norm=None)
+    pairs = cli._pairs(settings_pairs(settings))
+    assert StageSettings.llava_stage2(**pairs) == settings
 
 
 # --- what only a real checkpoint or launch shows: memory, batch fields, rates, images ------
@@ -507,6 +622,43 @@ def test_deepspeed_batch_fields_are_set_per_stage():
         assert (config["train_micro_batch_size_per_gpu"], config["gradient_accumulation_steps"]) \
             == (micro, accum)
     assert config["zero_optimization"] == {"stage": 2} and config["gradient_clipping"] == 1.0
+
+
+def test_accelerator_writes_each_stages_batches_into_the_deepspeed_plugin(monkeypatch):
+    """_accelerator (the trainer's real set-up, not a copy) writes each stage's batch fields and
+    clipping into accelerate's DeepSpeed plugin config. DeepSpeed is not installed here: the
+    Accelerator is replaced by one that reports DEEPSPEED on 8 processes and, like accelerate,
+    keeps ONE process-wide state whose plugin config every stage shares."""
+    import types
+
+    import accelerate
+    from ifl.train import loop
+
+    plugin = types.SimpleNamespace(deepspeed_config={
+        "train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto", "zero_optimization": {"stage": 2}})
+    shared_state = types.SimpleNamespace(deepspeed_plugin=plugin)
+
+    class DeepSpeedAccelerator:
+        num_processes = 8
+        distributed_type = types.SimpleNamespace(name="DEEPSPEED")
+        state = shared_state
+
+        def __init__(self):
+            self.gradient_accumulation_steps = 1
+
+    monkeypatch.setattr(accelerate, "Accelerator", DeepSpeedAccelerator)
+    config = plugin.deepspeed_config
+    # stage 1 (pretrain.sh: 256 = 32 x 1 x 8), stage 2 (finetune.sh: 128 = 16 x 1 x 8), then
+    # a stage that accumulates (128 = 4 x 4 x 8)
+    for global_batch, micro, want_accum in ((256, 32, 1), (128, 16, 1), (128, 4, 4)):
+        accelerator, accum, world_size, *_ = loop._accelerator(global_batch, micro, max_grad_norm=1.0)
+        assert (accum, world_size, accelerator.gradient_accumulation_steps) == (want_accum, 8, want_accum)
+        assert (config["train_batch_size"], config["train_micro_batch_size_per_gpu"],
+                config["gradient_accumulation_steps"]) == (global_batch, micro, want_accum)
+    assert config["gradient_clipping"] == 1.0 and config["zero_optimization"] == {"stage": 2}
+    loop._accelerator(128, 16, max_grad_norm=None)
+    assert config["gradient_clipping"] == 0.0   # no clipping: DeepSpeed's off value
 
 
 def test_bf16_projector_moves_at_small_lr(world, tmp_path):

@@ -34,19 +34,24 @@ def precision_sample(tasks: pd.DataFrame, *, n_items: int, seed: int) -> pd.Data
 
 
 def collect_precisions(load: Callable[[str | None], tuple], tasks: pd.DataFrame, *, out_dir: Path,
-                       model_name: str, **collect_kwargs) -> pd.DataFrame:
+                       model_name: str, batch_sizes: dict[str, int] | None = None,
+                       **collect_kwargs) -> pd.DataFrame:
     """Responses of `tasks` in both conditions for each precision (column `precision`).
     load(quantization) -> (model, processor), e.g. a `load_llava` partial; each model is
-    released before the next loads. Stored under out_dir/<model_name>@<precision> (resumable)."""
+    released before the next loads. batch_sizes: precision name -> its batch size, replacing
+    collect_kwargs' batch_size for that pass (bf16 needs more memory than NF4). Stored under
+    out_dir/<model_name>@<precision> (resumable)."""
     import gc
 
     import torch
 
     frames = []
     for name, quantization in PRECISIONS.items():
+        kwargs = {**collect_kwargs, **({"batch_size": batch_sizes[name]}
+                                       if batch_sizes and name in batch_sizes else {})}
         model, processor = load(quantization)
         df = collect_responses(model, processor, tasks, model_name=f"{model_name}@{name}",
-                               conditions=("image", "text"), out_dir=out_dir, **collect_kwargs)
+                               conditions=("image", "text"), out_dir=out_dir, **kwargs)
         frames.append(df.assign(model=model_name, precision=name))
         del model, processor
         gc.collect()
@@ -102,19 +107,21 @@ def ifl_by_precision(responses: pd.DataFrame, tasks: pd.DataFrame,
 
 def run_check(models: pd.DataFrame, tasks: pd.DataFrame, out_dir: Path, *, n_items: int, seed: int,
               device: str, dtype: str, predict: Callable[[list[str]], list[str]],
-              **collect_kwargs) -> pd.DataFrame:
-    """Notebook 03's precision check for every off-the-shelf model of a models table (rows of
-    `ifl.stages.collect_responses.models_table`): one table, rows model x (nf4, bf16, nf4 - bf16)."""
-    from ifl.models import load_llava
-    from ifl.runtime import run_template
+              bf16_batch_size: int | None = None, **collect_kwargs) -> pd.DataFrame:
+    """Notebook 03's precision check for every model of a models table (rows of
+    `ifl.stages.collect_responses.models_table`, each loaded by `ifl.runtime.load_model`): one
+    table, rows model x (nf4, bf16, nf4 - bf16). bf16_batch_size: the bf16 pass's batch
+    (None: collect_kwargs' batch_size, NF4's)."""
+    from ifl.runtime import load_model, run_template
 
     sample = precision_sample(tasks, n_items=n_items, seed=seed)
+    batch_sizes = None if bf16_batch_size is None else {"bf16": bf16_batch_size}
     frames = []
     for row in models.itertuples():
-        def load(quantization, row=row):
-            return load_llava(row.source, revision=row.revision, dtype=dtype,
-                              quantization=quantization, device=device)
+        def load(quantization, row=row):  # PRECISIONS' None = no quantization = load_model's "none"
+            return load_model(row, dtype=dtype, quantization=quantization or "none", device=device)
         responses = collect_precisions(load, sample, out_dir=Path(out_dir), model_name=row.model,
-                                       template=run_template(row), **collect_kwargs)
+                                       template=run_template(row), batch_sizes=batch_sizes,
+                                       **collect_kwargs)
         frames.append(ifl_by_precision(responses, sample, predict, seed=seed).assign(model=row.model))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

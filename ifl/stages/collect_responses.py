@@ -177,6 +177,40 @@ def collect_all(models: pd.DataFrame, tasks: pd.DataFrame, out_dir: Path, p: Col
     return pd.concat(frames, ignore_index=True), pd.DataFrame(timing)
 
 
+def precision_checked(models: pd.DataFrame, p: CollectResponses) -> pd.DataFrame:
+    """The rows of the models table that the precision check re-collects: the off-the-shelf
+    models named in `precision_check_models` (null: every off-the-shelf model)."""
+    llavas = models[models["kind"] == "llava"]
+    if p.precision_check_models is None:
+        return llavas
+    return llavas[llavas["model"].isin(p.precision_check_models)]
+
+
+def precision_identifier(p: CollectResponses):
+    """The check's language identifier, by notebook 04's rule (`ifl.score.load_identifier_from`):
+    'glotlid' is GlotLID v3 or an error, never a silent lid.176."""
+    from ifl.score import identifier_settings, load_identifier_from
+
+    return load_identifier_from(identifier_settings(p.precision_check_identifier,
+                                                    p.precision_check_glotlid_source,
+                                                    p.precision_check_glotlid_revision))
+
+
+def precision_check(models: pd.DataFrame, tasks: pd.DataFrame, out_dir: Path, p: CollectResponses,
+                    *, seed: int, device: str) -> pd.DataFrame:
+    """Notebook 03's precision check (`ifl.collect.precision.run_check`) on the models
+    `precision_checked` picks, with the identifier `precision_identifier` loads (column
+    `identifier` names it); the bf16 pass at `precision_check_batch_size`."""
+    from ifl.collect.precision import run_check
+
+    identifier = precision_identifier(p)
+    table = run_check(precision_checked(models, p), tasks, out_dir, n_items=p.precision_check_items,
+                      seed=seed, device=device, dtype="bfloat16", predict=identifier.predict,
+                      bf16_batch_size=p.precision_check_batch_size,
+                      max_new_tokens=p.max_new_tokens, batch_size=p.batch_size, progress=False)
+    return table.assign(identifier=identifier.name) if len(table) else table
+
+
 def generation_settings(p: CollectResponses, device: str) -> dict:
     """How the responses were generated (generation.json): a later stage that generates more
     (notebook 07's steered runs) must generate alike to be comparable."""

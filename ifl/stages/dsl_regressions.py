@@ -14,6 +14,9 @@ from ifl import paper, regress
 from ifl.findings import agrees_with
 from ifl.paper import MODEL_ORDER
 from ifl.params_schema import DslRegressions
+from typing import NamedTuple
+
+from ifl import regress
 from ifl.regress import FACTORS, LANGUAGE_SETS, OUTCOMES, group_effects
 
 def figure1_rows(scored: pd.DataFrame, exclude_english: bool = True) -> tuple[pd.DataFrame, str]:
@@ -71,9 +74,33 @@ def language_breakdown(scored: pd.DataFrame, p: DslRegressions, *, seed: int) ->
     return group_effects(data, ["family", "lang"], OUTCOMES["fidelity"], p, seed=seed)
 
 
+class Table4Fits(NamedTuple):
+    """Table 4 in both specifications: `ours` with `main_effects` as the params say (table4.csv,
+    the plot), `other` with the opposite, and `literal`, the paper's equation (image and
+    image x factor only), which of the two is set beside the paper's numbers."""
+    ours: pd.DataFrame
+    other: pd.DataFrame
+    literal: pd.DataFrame
+
+
+def table4_fits(scored: pd.DataFrame, p: DslRegressions, *, seed: int,
+                outcomes: tuple[str, ...] = ("fidelity", "accuracy")) -> Table4Fits:
+    """Table 4 fitted with and without the factors' main effects (`Table4Fits`)."""
+    ours = regress.table4(scored, p, seed=seed, outcomes=outcomes)
+    other = regress.table4(scored, p, seed=seed, outcomes=outcomes, main_effects=not p.main_effects)
+    return Table4Fits(ours, other, literal=other if p.main_effects else ours)
+
+
 def table4_beside_paper(t4: pd.DataFrame) -> pd.DataFrame:
     """Our Table 4 interactions (DSL, and the oracle where there is one) beside the paper's:
-    one row per language set x factor, estimates with their CIs."""
+    one row per language set x factor, estimates with their CIs. `t4` must be the paper's
+    literal specification (interactions only, `Table4Fits.literal`): with main effects the
+    interactions answer another question (a ValueError says so)."""
+    mains = sorted(set(t4["term"].dropna()) & set(FACTORS))
+    if mains:
+        raise ValueError(f"table4_vs_paper sets the paper's specification (image and image x "
+                         f"factor only) beside the paper; this Table 4 fit has the main effects "
+                         f"{mains}: pass the fit without them (Table4Fits.literal)")
     paper_t4 = paper.table4()
     ours = t4[t4["row"].isin(FACTORS)]
     wide = paper_t4[["language_set", "row"]].copy()

@@ -92,7 +92,9 @@ def paper_learning_rates(p: TrainVariants):
 
 def train_all(p: TrainVariants, world: str, llm_paths: dict, vision_paths: dict, manifest: dict,
               out: Path, *, device: str, seed: int) -> pd.DataFrame:
-    """Train (or read back) every variant; one row per variant with its losses and timing."""
+    """Train (or read back) every variant; one row per variant with its losses and timing.
+    With `processes` > 1 each variant is trained by that many ranks (`launch_variant`) and
+    then read back here."""
     stage1, stage2 = stage_settings(p, world)
     template = MINI_TEMPLATE if world == "miniature" else None  # None: each LLM's own template
     qlora = (LoraSettings(r=p.lora_r, alpha=p.lora_alpha, projector_lr=paper_learning_rates(p).projector)
@@ -100,8 +102,13 @@ def train_all(p: TrainVariants, world: str, llm_paths: dict, vision_paths: dict,
     dtype = torch.float32 if world == "miniature" else getattr(torch, p.dtype)
     rows = []
     check_manifest(manifest, [s.data_lang for s in specs(p)], skip_missing=p.skip_missing_images)
+    if p.processes > 1:
+        check_processes(p, world, device)
     for spec in tqdm(specs(p), desc="variants", unit="variant"):
         started = time.perf_counter()
+        if p.processes > 1:
+            launch_variant(spec, p, llm_paths[spec.llm], vision_paths[spec.vision], manifest,
+                           out, stage1, stage2, qlora, device=device, seed=seed)
         with torch_threads(p.threads if world == "miniature" else None):
             result = train_variant(spec, llm_paths[spec.llm], vision_paths[spec.vision], manifest,
                                    template, stage1, stage2, out, dtype=dtype, device=device,
@@ -114,6 +121,50 @@ def train_all(p: TrainVariants, world: str, llm_paths: dict, vision_paths: dict,
                      **{f"{stage}_final_loss": _final_loss(getattr(result, stage))
                         for stage in ("stage1", "stage2")}})
     return pd.DataFrame(rows)
+
+
+def check_processes(p: TrainVariants, world: str, device: str) -> None:
+    """`processes` > 1 needs the paper world (the miniature's tiny models train in this process,
+    with `threads`) and, on CUDA, one GPU per rank."""
+    if world != "paper":
+        raise ValueError(f"02_train_variants.processes={p.processes}: several training processes "
+                         "are for the paper world; the miniature trains in this process "
+                         "(set processes: 1, or threads)")
+    if device != "cpu" and torch.cuda.device_count() < p.processes:
+        raise ValueError(f"02_train_variants.processes={p.processes}, but "
+                         f"{torch.cuda.device_count()} GPUs are visible: one rank per GPU (lower "
+                         "it, or set common.device: cpu)")
+
+
+def launch_variant(spec, p: TrainVariants, llm: str, vision: str, manifest: dict, out: Path,
+                   stage1: StageSettings, stage2: StageSettings, qlora: LoraSettings | None, *,
+                   device: str, seed: int) -> None:
+    """Train one variant with `processes` ranks through `accelerate launch ... -m ifl.train`
+    (DeepSpeed ZeRO-2 for the full fine-tune on CUDA), unless it is trained with this recipe
+    already. The ranks read notebook 01's manifest (written beside the variants) and its image
+    folders as options, as a person training by hand would; the log is <variant>/launch.log.
+    A failed launch raises TrainLaunchError naming it; a rerun resumes from the checkpoints."""
+    from ifl.train.launch import TrainLaunchError, launch_training, train_arguments
+    from ifl.train.variants import is_trained
+
+    if is_trained(spec, out, llm, vision, stage1, stage2, qlora):
+        return
+    folders = manifest.get("image_folders") or {}
+    manifest_path = Path(out) / "launch_manifest.json"
+    manifest_path.parent.mkdir(parents=True, exist_ok=True)
+    manifest_path.write_text(json.dumps({k: v for k, v in manifest.items() if k != "image_folders"},
+                                        indent=1), encoding="utf-8")
+    cpu = device == "cpu"
+    cli = train_arguments(spec, llm, vision, manifest_path, out, stage1, stage2, qlora=qlora,
+                          dtype=p.dtype, seed=seed, image_folders=folders,
+                          skip_missing_images=p.skip_missing_images,
+                          threads=p.threads if cpu else None)
+    log = Path(out) / spec.name / "launch.log"
+    launch_training(cli, processes=p.processes, deepspeed=p.training == "full" and not cpu,
+                    cpu=cpu, log=log, threads=p.threads if cpu else None)
+    if not is_trained(spec, out, llm, vision, stage1, stage2, qlora):
+        raise TrainLaunchError(f"02_train_variants: the ranks ended without {spec.name} trained "
+                               f"with this recipe (its DONE differs or is missing); log: {log}")
 
 
 def loss_curves(out: Path, variants: list[str]) -> pd.DataFrame:

@@ -2,7 +2,11 @@
 
 One GPU (or CPU), miniature or 7B:
     python -m ifl.train --variant vicuna-clip-en --llm hub --vision hub \\
-        --manifest runs/paper/01_translate_data/training/manifest.json --out runs/paper/02_train_variants
+        --manifest runs/paper/01_translate_data/training/manifest.json --out runs/paper/02_train_variants \\
+        --pretrain-image-folder ./data/LLaVA-Pretrain/images --instruct-image-folder ./data/playground/data
+The paper's manifest (notebook 01) names the records, not their images: LCS-558K's images and
+LLaVA's playground/data are separate folders, given here as notebook 02 gives them from
+02_train_variants.pretrain_image_folder / instruct_image_folder.
 
 Eight GPUs with DeepSpeed ZeRO-2 (the paper: 8 x A6000; global batch kept at 256 / 128 by
 gradient accumulation = global_batch / (micro_batch x 8)):
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import torch
 import yaml
@@ -60,6 +65,18 @@ def _value(text: str):
     return yaml.safe_load(text)
 
 
+def with_image_folders(manifest_path: str, *, pretrain: str | None,
+                       instruct: str | None) -> dict | str:
+    """The manifest with the image folder of each part that was given (as notebook 02 adds
+    them to the paper's manifest, which has none); its path as is when none was given."""
+    given = {part: folder for part, folder in (("pretrain", pretrain), ("instruct", instruct)) if folder}
+    if not given:
+        return manifest_path
+    manifest = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
+    manifest["image_folders"] = {**(manifest.get("image_folders") or {}), **given}
+    return manifest
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m ifl.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -70,6 +87,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--vision", required=True, help=f"tower path or hub id (paper: {json.dumps(VISIONS)}); "
                     "'hub' for the paper's; {vision} is replaced by the variant's tower")
     ap.add_argument("--manifest", required=True, help="training/manifest.json of notebook 01")
+    ap.add_argument("--pretrain-image-folder", default=None,
+                    help="images of the stage-1 (pretrain) records; default: the manifest's")
+    ap.add_argument("--instruct-image-folder", default=None,
+                    help="images of the stage-2 (instruct) records; default: the manifest's")
     ap.add_argument("--out", required=True, help="output folder; one subfolder per variant")
     ap.add_argument("--template", default=None, help="chat template (default: the LLM's, see LLMS)")
     ap.add_argument("--tokenizer", default=None, help="tokenizer path (default: the LLM's)")
@@ -97,12 +118,14 @@ def main(argv: list[str] | None = None) -> None:
     stage1 = StageSettings.llava_stage1(lr=lr.stage1, **s1)
     stage2 = StageSettings.llava_stage2(lr=lr.stage2, **s2)
     qlora = LoraSettings(**lora, projector_lr=lr.projector) if lora is not None else None
-    check_manifest(args.manifest, [s.data_lang for s in specs], skip_missing=args.skip_missing_images)
+    manifest = with_image_folders(args.manifest, pretrain=args.pretrain_image_folder,
+                                  instruct=args.instruct_image_folder)
+    check_manifest(manifest, [s.data_lang for s in specs], skip_missing=args.skip_missing_images)
     for spec in specs:
         llm = LLMS[spec.llm]["hub"] if args.llm == "hub" else args.llm.format(llm=spec.llm)
         vision = VISIONS[spec.vision] if args.vision == "hub" else args.vision.format(vision=spec.vision)
         res = train_variant(spec, llm, vision,
-                            args.manifest, args.template, stage1, stage2, args.out,
+                            manifest, args.template, stage1, stage2, args.out,
                             tokenizer=args.tokenizer, dtype=getattr(torch, args.dtype),
                             qlora=qlora, seed=args.seed,
                             skip_missing_images=args.skip_missing_images)

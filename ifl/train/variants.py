@@ -122,6 +122,14 @@ def recipe(spec: VariantSpec, llm_path, vision_path, stage1: StageSettings, stag
          "qlora": qlora.as_dict() if qlora else None}, default=str))
 
 
+def is_trained(spec: VariantSpec, out_dir: str | Path, llm_path, vision_path, stage1: StageSettings,
+               stage2: StageSettings, qlora: LoraSettings | None) -> bool:
+    """Whether out_dir/<variant> holds this variant finished with this recipe (what
+    `train_variant` reads back instead of training)."""
+    done = Path(out_dir) / spec.name / DONE
+    return done.exists() and _same_recipe(done, recipe(spec, llm_path, vision_path, stage1, stage2, qlora))
+
+
 def _same_recipe(done: Path, wanted: dict) -> bool:
     saved = json.loads(done.read_text())
     return {k: saved.get(k) for k in wanted} == wanted
