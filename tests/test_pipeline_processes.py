@@ -21,7 +21,9 @@ ONE_VARIANT = [f"-p{o}" for o in ("02_train_variants.llms=[vicuna]", "02_train_v
                                   "02_train_variants.data_languages=[en]",
                                   "03_collect_responses.threads=1", "07_steering.threads=1",
                                   f"07_steering.models=[{VARIANT}]", "07_steering.steer_languages=[de]",
-                                  "07_steering.sweep_depths=[]")]
+                                  "07_steering.sweep_depths=[]",
+                                  # the probes are the default run's test, not the launcher's
+                                  "02_train_variants.mini_component_probes=false")]
 
 
 def notebook(root: Path, only: str, *extra: str) -> None:
