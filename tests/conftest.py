@@ -15,7 +15,8 @@ import pytest  # noqa: E402
 SMALL = [f"-p{o}" for o in (
     "01_translate_data.mini_scenes=12", "01_translate_data.mini_caption_records=60",
     "01_translate_data.mini_instruct_records=60",
-    "02_train_variants.mini_lm_steps=20", "02_train_variants.mini_tower_steps=10",
+    "02_train_variants.mini_lm_steps=20", "02_train_variants.mini_lm_layers=2",
+    "02_train_variants.mini_tower_steps=10",
     "02_train_variants.mini_clip_steps=10",
     "02_train_variants.mini_stage1_steps=3", "02_train_variants.mini_stage2_steps=3",
     "02_train_variants.mini_eval_scenes=3", "02_train_variants.mini_lm_eval_scenes=2",
