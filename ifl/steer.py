@@ -47,7 +47,16 @@ POOLS, POSITIONS, PROMPT_SOURCES = ("mean", "last"), ("generated", "all"), ("tab
 
 def default_layer(model) -> int:
     """One third of the depth, rounded down (the paper: "layer 10 out of 30")."""
-    return len(decoder_layers(model)) // 3
+    return default_layer_of(len(decoder_layers(model)))
+
+
+def default_layer_of(n_layers: int) -> int:
+    """`default_layer` for a depth given as a number (e.g. read from a probe table).
+
+    >>> default_layer_of(30), default_layer_of(6)
+    (10, 2)
+    """
+    return n_layers // 3
 
 
 def steering_prompts(langs, source: str = "table", version: int | None = None) -> dict[str, str]:

@@ -7,6 +7,8 @@ numbers into sentences.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
 
@@ -14,9 +16,6 @@ from ifl import paper, regress
 from ifl.findings import agrees_with
 from ifl.paper import MODEL_ORDER
 from ifl.params_schema import DslRegressions
-from typing import NamedTuple
-
-from ifl import regress
 from ifl.regress import FACTORS, LANGUAGE_SETS, OUTCOMES, group_effects
 
 def figure1_rows(scored: pd.DataFrame, exclude_english: bool = True) -> tuple[pd.DataFrame, str]:
@@ -376,17 +375,19 @@ def mechanism_table(scored: pd.DataFrame, component_metrics: pd.DataFrame | None
         data = regress.design_data(scored, language_set)
         if data.empty or "fidelity_true" not in data:
             continue
+        text_after = after.get(lang, {})
         for factor in FACTORS:
             for level, group in data.groupby(factor):
                 by_cond = group.groupby("image")["fidelity_true"].mean()
                 variants = sorted(group["model"].unique())
-                text_after = after.get(lang, {})
                 row = {"language_set": language_set, "factor": factor, "level": int(level),
                        "variants": len(variants), "image": by_cond.get(1, np.nan),
                        "text": by_cond.get(0, np.nan)}
                 row["ifl"] = row["image"] - row["text"]
-                row["lm_text_after_stage2"] = _mean([text_after.get(v, {}).get("after") for v in variants])
-                row["lm_text_before"] = _mean([text_after.get(v, {}).get("before") for v in variants])
+                for when, column in (("after", "lm_text_after_stage2"), ("before", "lm_text_before")):
+                    # a variant without probe rows counts as missing (NaN when none has them)
+                    row[column] = pd.Series([text_after.get(v, {}).get(when) for v in variants],
+                                            dtype=float).mean()
                 rows.append(row)
     return pd.DataFrame(rows)
 
@@ -401,11 +402,6 @@ def _text_fidelity_after_stage2(metrics: pd.DataFrame | None) -> dict:
     for r in kept.itertuples(index=False):
         out.setdefault(r.lang, {}).setdefault(r.component, {})[r.metric.split("_")[1]] = float(r.value)
     return out
-
-
-def _mean(values: list) -> float:
-    got = [v for v in values if v is not None and not np.isnan(v)]
-    return float(np.mean(got)) if got else np.nan
 
 
 def mechanism_text(table: pd.DataFrame) -> list[str]:

@@ -26,7 +26,7 @@ from ifl.params_schema import Steering
 from ifl.runtime import (collect_in_ranks, cpu_threads, free_memory, launches, load_model,
                          machine_options, run_template, sample_parallel_items)
 from ifl.score import exact_fidelity, join_tasks, load_identifier_from, score_language
-from ifl.steer import LanguageSteering, default_layer, steering_vector
+from ifl.steer import LanguageSteering, default_layer, default_layer_of, steering_vector
 
 GENERATION_KEYS = ("max_new_tokens", "dtype", "quantization")  # must match notebook 03's
 
@@ -332,6 +332,6 @@ def probe_at_steering_layer(component_metrics: pd.DataFrame | None, layer: int |
         return pd.DataFrame()
     table = probe.pivot_table(index=["component", "site"], columns="metric", values="value").reset_index()
     n_layers = int(table["site"].max())
-    table["steering_site"] = table["site"] == (n_layers // 3 if layer is None else layer) + 1
+    table["steering_site"] = table["site"] == (default_layer_of(n_layers) if layer is None else layer) + 1
     table.columns.name = None
     return table.rename(columns={"component": "backbone"})
